@@ -1,0 +1,66 @@
+"""The signed-in user: profile, password, API tokens."""
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from suanli.api.deps import CallerDep, SessionDep
+from suanli.db.models import utcnow
+from suanli.schemas.accounts import (
+    MeUpdate,
+    PasswordChange,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    UserOut,
+)
+from suanli.schemas.types import MAX_INT32
+from suanli.services import accounts, tokens
+
+router = APIRouter(prefix="/me", tags=["me"])
+
+
+@router.get("", response_model=UserOut)
+def whoami(caller: CallerDep) -> UserOut:
+    return UserOut.model_validate(caller.actor.account)
+
+
+@router.patch("", response_model=UserOut)
+def update_me(body: MeUpdate, caller: CallerDep, session: SessionDep) -> UserOut:
+    user = accounts.update_me(
+        session,
+        caller.actor,
+        display_name=body.display_name,
+        email=body.email,
+        language=body.language,
+    )
+    return UserOut.model_validate(user)
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordChange, caller: CallerDep, session: SessionDep) -> None:
+    """Change your password. Your other login sessions end; this one and API tokens stay."""
+    accounts.change_own_password(
+        session, caller.actor, body.current_password, body.new_password, caller.token_id
+    )
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenOut]:
+    return [TokenOut.model_validate(t) for t in tokens.list_mine(session, caller.actor)]
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> TokenCreated:
+    """Create an API token for scripts. The token is in this response only; keep it safe."""
+    expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    token, secret = tokens.create(session, caller.actor, name=body.name, expires_at=expires_at)
+    return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=secret)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(
+    token_id: Annotated[int, Path(ge=1, le=MAX_INT32)], caller: CallerDep, session: SessionDep
+) -> None:
+    tokens.revoke(session, caller.actor, token_id)

@@ -1,0 +1,87 @@
+"""Server settings: defaults, then an optional TOML file, then `SUANLI_*` variables, then flags.
+
+The embedded default needs no settings at all: state lives in SQLite under the data directory.
+"""
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_PORT = 8686
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "suanli"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUANLI_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Empty means SQLite at <data_dir>/suanli.db; PostgreSQL as postgresql+psycopg://...
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # Public URL printed at start and used in links; derived from host and port when empty.
+    public_url: str = ""
+
+    admin_username: str = "admin"
+    # When empty on first start, a password is generated and printed once.
+    admin_password: SecretStr = SecretStr("")
+
+    # Anyone may create projects, or only administrators.
+    users_can_create_projects: bool = False
+
+    # A token from `suanli login` lives this long; API tokens choose their own expiry.
+    session_token_days: int = Field(30, ge=1, le=3650)
+
+    # Login throttling: this many failures inside the window lock the name or address.
+    login_max_failures_per_user: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_failure_window_seconds: int = Field(900, ge=1)
+    login_lockout_seconds: int = Field(900, ge=1)
+
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("SUANLI_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("must be one of critical, error, warning, info, debug")
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'suanli.db'}"
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"

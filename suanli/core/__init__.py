@@ -1,0 +1,1 @@
+"""Pure domain code: names, roles, quantities and errors. No I/O."""

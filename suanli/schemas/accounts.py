@@ -1,0 +1,96 @@
+"""Users, logins and tokens."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from suanli.schemas.types import (
+    Email,
+    Name,
+    Password,
+    RequestModel,
+    ResponseModel,
+    ShortText,
+    Text,
+)
+
+Language = Literal["en", "zh-CN"]
+TokenName = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+
+
+class LoginRequest(RequestModel):
+    username: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
+    password: Annotated[Text, StringConstraints(min_length=1, max_length=1024)]
+    token_name: TokenName = "login"  # noqa: S105 (a label, not a secret)
+
+
+class UserOut(ResponseModel):
+    name: str
+    display_name: str
+    email: str
+    is_admin: bool
+    is_disabled: bool
+    language: str | None
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class LoginResponse(ResponseModel):
+    token: str
+    expires_at: datetime | None
+    user: UserOut
+
+
+class UserCreate(RequestModel):
+    name: Name
+    password: Password
+    is_admin: bool = False
+    display_name: ShortText = ""
+    email: Email = ""
+
+
+class UserUpdate(RequestModel):
+    """Administrators' changes to a user; omitted fields stay as they are."""
+
+    display_name: ShortText | None = None
+    email: Email | None = None
+    is_admin: bool | None = None
+    is_disabled: bool | None = None
+
+
+class PasswordReset(RequestModel):
+    password: Password
+
+
+class PasswordChange(RequestModel):
+    current_password: Annotated[Text, StringConstraints(min_length=1, max_length=1024)]
+    new_password: Password
+
+
+class MeUpdate(RequestModel):
+    display_name: ShortText | None = None
+    email: Email | None = None
+    language: Language | None = None
+
+
+class TokenCreate(RequestModel):
+    name: TokenName
+    # None: the token lives until revoked.
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+
+
+class TokenOut(ResponseModel):
+    id: int
+    name: str
+    kind: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    """Returned once, at creation: the only time the token itself is shown."""
+
+    token: str

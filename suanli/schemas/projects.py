@@ -1,0 +1,78 @@
+"""Projects, members and quotas."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from suanli.core.roles import ProjectRole
+from suanli.schemas.types import MAX_BYTES, Name, RequestModel, ResponseModel, ShortText, Text
+
+Description = Annotated[Text, StringConstraints(max_length=2000)]
+Gpus = Annotated[int, Field(ge=0, le=1_000_000)]
+Cpus = Annotated[float, Field(ge=0, le=100_000_000, allow_inf_nan=False)]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+
+
+class QuotaOut(ResponseModel):
+    """None means no limit beyond the cluster's own capacity."""
+
+    guaranteed_gpus: int
+    max_gpus: int | None
+    max_gpus_per_user: int | None
+    cpus: float | None
+    memory_bytes: int | None
+    storage_bytes: int | None
+    updated_at: datetime
+
+
+class QuotaUpdate(RequestModel):
+    """Only the fields present change; null lifts a limit."""
+
+    guaranteed_gpus: Gpus | None = None
+    max_gpus: Gpus | None = None
+    max_gpus_per_user: Gpus | None = None
+    cpus: Cpus | None = None
+    memory_bytes: Bytes | None = None
+    storage_bytes: Bytes | None = None
+
+
+class ProjectCreate(RequestModel):
+    name: Name
+    display_name: ShortText = ""
+    description: Description = ""
+    # Administrators may name the first owner; otherwise the creator owns the project.
+    owner: Name | None = None
+
+
+class ProjectUpdate(RequestModel):
+    name: Name | None = None
+    display_name: ShortText | None = None
+    description: Description | None = None
+
+
+class ProjectOut(ResponseModel):
+    name: str
+    display_name: str
+    description: str
+    created_at: datetime
+    archived_at: datetime | None
+    my_role: ProjectRole | None
+    member_count: int
+    quota: QuotaOut
+
+
+class MemberAdd(RequestModel):
+    user: Name
+    role: ProjectRole = ProjectRole.member
+
+
+class MemberUpdate(RequestModel):
+    role: ProjectRole
+
+
+class MemberOut(ResponseModel):
+    user: str
+    display_name: str
+    role: ProjectRole
+    created_at: datetime
