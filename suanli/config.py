@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     # Empty means SQLite at <data_dir>/suanli.db; PostgreSQL as postgresql+psycopg://...
     database_url: str = ""
     host: str = "127.0.0.1"
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # 0 asks the system for a free port; the URL printed at start names the one chosen.
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     # Public URL printed at start and used in links; derived from host and port when empty.
     public_url: str = ""
 

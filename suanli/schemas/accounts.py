@@ -22,7 +22,7 @@ TokenName = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
 class LoginRequest(RequestModel):
     username: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
     password: Annotated[Text, StringConstraints(min_length=1, max_length=1024)]
-    token_name: TokenName = "login"  # noqa: S105 (a label, not a secret)
+    token_name: TokenName = "login"
 
 
 class UserOut(ResponseModel):

@@ -1,0 +1,213 @@
+"""`suanli`: the root command, the server, and signing in and out."""
+
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+import uvicorn
+from pydantic import ValidationError
+
+from suanli import __version__
+from suanli.cli import audit, config, projects, tokens, users
+from suanli.cli.output import (
+    JsonOption,
+    fail,
+    fields,
+    print_json,
+    say,
+    show_api_error,
+    t,
+)
+from suanli.cli.session import connect, read_secret
+from suanli.client import ApiError, Client
+
+app = typer.Typer(
+    name="suanli",
+    help="Suanli (算力): share GPU servers across projects and people.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(users.app, name="users")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(projects.app, name="projects")
+app.add_typer(projects.members_app, name="members")
+app.add_typer(projects.quota_app, name="quota")
+app.command("audit")(audit.audit)
+
+
+@app.command()
+def server(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where state is kept.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL; SQLite if unset.")
+    ] = None,
+) -> None:
+    """Start the Suanli server (SQLite in the data directory unless a database URL is set)."""
+    from suanli.app import create_app, prepare
+    from suanli.config import Settings
+    from suanli.db.engine import Database
+
+    overrides = {"host": host, "port": port, "data_dir": data_dir, "database_url": database_url}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        for item in error.errors():
+            field = ".".join(str(p) for p in item["loc"])
+            fail(t("cli.bad_setting", field=field, reason=item["msg"]))
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    database = Database(settings.effective_database_url)
+    generated = prepare(settings, database)
+    listener = _listen(settings.host, settings.port)
+    bound_port = listener.getsockname()[1]
+    settings = settings.model_copy(update={"port": bound_port})
+    url = settings.effective_public_url
+    say("cli.server_running", version=__version__, url=url)
+    say("cli.server_docs", url=url)
+    say("cli.server_data", path=str(settings.data_dir), database=database.dialect)
+    if generated:
+        say("cli.server_admin_generated", name=settings.admin_username, password=generated)
+    say("cli.server_login", url=url, name=settings.admin_username)
+    sys.stdout.flush()
+    uv = uvicorn.Config(
+        create_app(settings, database),
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+    )
+    uvicorn.Server(uv).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        fail(t("cli.cannot_listen", host=host, port=port, reason=error.strerror or str(error)))
+        raise typer.Exit(1) from error
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+@app.command()
+def login(
+    url: Annotated[str | None, typer.Argument(help="Server URL, e.g. http://gpu1:8686")] = None,
+    username: Annotated[str | None, typer.Option("--username", "-u")] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+) -> None:
+    """Sign in and keep a session token in your config file (mode 600)."""
+    saved = config.load()
+    url = (url or saved.url).rstrip("/")
+    username = username or saved.username or typer.prompt(t("cli.prompt_username"))
+    password = read_secret("cli.prompt_password", from_stdin=password_stdin)
+    with Client(url, language=None) as client:
+        result = client.login(username, password, token_name=f"cli@{socket.gethostname()}"[:64])
+    path = config.save(config.CliConfig(url=url, username=username, token=result.token))
+    say("cli.logged_in", name=result.user.name, url=url, path=str(path))
+
+
+@app.command()
+def logout() -> None:
+    """Revoke this machine's session token and forget it."""
+    saved = config.load()
+    if saved.token:
+        with connect() as client:
+            try:
+                client.logout()
+            except ApiError as error:
+                if error.status != 401:
+                    raise
+    config.forget()
+    say("cli.logged_out")
+
+
+@app.command()
+def whoami(json: JsonOption = False) -> None:
+    """Show who you are signed in as."""
+    with connect() as client:
+        me = client.whoami()
+    if json:
+        print_json(me)
+        return
+    fields(
+        [
+            ("name", me.name),
+            ("display_name", me.display_name),
+            ("email", me.email),
+            ("admin", me.is_admin),
+            ("server", config.load().url),
+        ]
+    )
+
+
+@app.command()
+def passwd(
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the current and the new password from stdin, one a line.")
+    ] = False,
+) -> None:
+    """Change your password. Your other login sessions end."""
+    current = read_secret("cli.prompt_current_password", from_stdin=password_stdin)
+    new = read_secret("cli.prompt_new_password", from_stdin=password_stdin, confirm=True)
+    with connect() as client:
+        client.change_password(current, new)
+    say("cli.password_changed")
+
+
+@app.command()
+def version(json: JsonOption = False) -> None:
+    """Show the versions of this client and of the server."""
+    with connect() as client:
+        remote = client.version()
+    if json:
+        print_json({"client": __version__, "server": remote.model_dump()})
+        return
+    fields([("client", __version__), ("server", remote.version), ("database", remote.database)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; API and connection errors become one red line, never a traceback."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except ApiError as error:
+        show_api_error(error)
+        return 1
+    except httpx.HTTPError as error:
+        fail(
+            t(
+                "cli.cannot_connect",
+                url=config.load().url,
+                reason=str(error) or type(error).__name__,
+            )
+        )
+        return 1
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        fail(t("cli.aborted"))
+        return 1
+    except typer.exceptions.TyperException as error:
+        # Usage errors (bad option values) print with the command's usage line.
+        show = getattr(error, "show", None)
+        if show is None:
+            fail(error.format_message())
+        else:
+            show()
+        return error.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())

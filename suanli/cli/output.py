@@ -1,0 +1,100 @@
+"""How the CLI shows things: Rich tables for people, `--json` for scripts, errors in red.
+
+Every string goes through the catalogues, in the language of the user's locale.
+"""
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from suanli.client import ApiError
+from suanli.i18n import normalize, translate
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def language() -> str:
+    for variable in ("SUANLI_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(variable)
+        if value:
+            return normalize(value.split(".")[0])
+    return "en"
+
+
+def t(key: str, **params: Any) -> str:
+    return translate(key, language(), **params)
+
+
+def console() -> Console:
+    # Made on each call so that tests capturing sys.stdout see the output.
+    # No markup: names and descriptions are user data and must print as written.
+    # Piped output gets room for whole rows instead of the 80 columns Rich assumes.
+    width = None if sys.stdout.isatty() else 200
+    return Console(file=sys.stdout, highlight=False, markup=False, soft_wrap=True, width=width)
+
+
+def error_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, markup=False, soft_wrap=True)
+
+
+def say(key: str, **params: Any) -> None:
+    console().print(t(key, **params))
+
+
+def print_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    elif isinstance(data, list):
+        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table whose headers are catalogue keys under `cli.col.`."""
+    grid = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        grid.add_column(t(f"cli.col.{column}"))
+    for row in rows:
+        grid.add_row(*(Text(cell(value)) for value in row))
+    console().print(grid)
+
+
+def fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    """One object as aligned `label: value` lines."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in pairs:
+        grid.add_row(t(f"cli.col.{key}"), Text(cell(value)))
+    console().print(grid)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return t("cli.yes") if value else t("cli.no")
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def show_api_error(error: ApiError) -> None:
+    fail(f"{error.problem.title}: {error.problem.detail}")
+    for item in error.problem.errors:
+        if item.message == error.problem.detail:
+            continue
+        error_console().print(Text.assemble(("  • ", "red"), f"{item.field}: {item.message}"))
+
+
+def fail(message: str) -> None:
+    error_console().print(Text.assemble((t("cli.error") + " ", "bold red"), message))

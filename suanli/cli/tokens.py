@@ -1,0 +1,51 @@
+"""`suanli tokens`: your API tokens."""
+
+from typing import Annotated
+
+import typer
+
+from suanli.cli.output import JsonOption, print_json, say, table
+from suanli.cli.session import connect
+
+app = typer.Typer(help="Manage your API tokens.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_tokens(json: JsonOption = False) -> None:
+    """List your live tokens (the secret itself is never shown again)."""
+    with connect() as client:
+        tokens = client.tokens.list()
+    if json:
+        print_json(tokens)
+        return
+    table(
+        ["id", "name", "kind", "prefix", "created", "expires", "last_used"],
+        [
+            (k.id, k.name, k.kind, k.prefix + "…", k.created_at, k.expires_at, k.last_used_at)
+            for k in tokens
+        ],
+    )
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'ci'.")],
+    days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Create a token for scripts. It is printed once: store it now."""
+    with connect() as client:
+        created = client.tokens.create(name, expires_in_days=days)
+    if json:
+        print_json(created)
+        return
+    say("cli.token_created", name=created.name, id=created.id)
+    print(created.token)
+
+
+@app.command()
+def revoke(token_id: Annotated[int, typer.Argument(help="Token id from 'tokens list'.")]) -> None:
+    """Revoke a token at once."""
+    with connect() as client:
+        client.tokens.revoke(token_id)
+    say("cli.token_revoked", id=token_id)

@@ -1,0 +1,325 @@
+"""The client and its resource groups. It speaks only the public API under /api/v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import TypeAdapter
+
+from suanli.core.roles import ProjectRole
+from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
+from suanli.schemas.projects import MemberOut, ProjectOut, QuotaOut
+from suanli.schemas.system import AuditEventOut, Problem, VersionOut
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+
+class ApiError(Exception):
+    """An error answered by the server, with its problem details."""
+
+    def __init__(self, status: int, problem: Problem):
+        self.status = status
+        self.problem = problem
+        super().__init__(f"{status} {problem.title}: {problem.detail}")
+
+    @property
+    def type(self) -> str:
+        return self.problem.type.rsplit(":", 1)[-1]
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        language: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        headers = {"User-Agent": "suanli-sdk"}
+        if language:
+            headers["Accept-Language"] = language
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1/",
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+        )
+        self.token = token
+        self.users = Users(self)
+        self.tokens = Tokens(self)
+        self.projects = Projects(self)
+        self.audit = Audit(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """Send a request; return the decoded JSON (None for 204), raise ApiError otherwise."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if params:
+            params = {k: v for k, v in params.items() if v is not None}
+        response = self._http.request(method, path, json=json, params=params, headers=headers)
+        if response.is_success:
+            return None if response.status_code == 204 else response.json()
+        raise _error(response)
+
+    def get(self, path: str, model: type[T], **params: Any) -> T:
+        return TypeAdapter(model).validate_python(self.request("GET", path, params=params))
+
+    # Session and the signed-in user.
+    def login(self, username: str, password: str, *, token_name: str = "login") -> LoginResponse:
+        """Sign in; the client keeps the returned session token for later calls."""
+        body = {"username": username, "password": password, "token_name": token_name}
+        result = LoginResponse.model_validate(self.request("POST", "auth/login", json=body))
+        self.token = result.token
+        return result
+
+    def logout(self) -> None:
+        self.request("POST", "auth/logout")
+        self.token = None
+
+    def whoami(self) -> UserOut:
+        return self.get("me", UserOut)
+
+    def update_me(
+        self,
+        *,
+        display_name: str | None = None,
+        email: str | None = None,
+        language: str | None = None,
+    ) -> UserOut:
+        body = _given(display_name=display_name, email=email, language=language)
+        return UserOut.model_validate(self.request("PATCH", "me", json=body))
+
+    def change_password(self, current_password: str, new_password: str) -> None:
+        body = {"current_password": current_password, "new_password": new_password}
+        self.request("POST", "me/password", json=body)
+
+    def version(self) -> VersionOut:
+        return self.get("version", VersionOut)
+
+
+class _Group:
+    def __init__(self, client: Client):
+        self._client = client
+
+
+class Users(_Group):
+    """User administration (administrators only)."""
+
+    def list(self) -> list[UserOut]:
+        return self._client.get("users", list[UserOut])
+
+    def get(self, name: str) -> UserOut:
+        return self._client.get(f"users/{name}", UserOut)
+
+    def create(
+        self,
+        name: str,
+        password: str,
+        *,
+        is_admin: bool = False,
+        display_name: str = "",
+        email: str = "",
+    ) -> UserOut:
+        body = {
+            "name": name,
+            "password": password,
+            "is_admin": is_admin,
+            "display_name": display_name,
+            "email": email,
+        }
+        return UserOut.model_validate(self._client.request("POST", "users", json=body))
+
+    def update(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        email: str | None = None,
+        is_admin: bool | None = None,
+        is_disabled: bool | None = None,
+    ) -> UserOut:
+        body = _given(
+            display_name=display_name, email=email, is_admin=is_admin, is_disabled=is_disabled
+        )
+        return UserOut.model_validate(self._client.request("PATCH", f"users/{name}", json=body))
+
+    def delete(self, name: str) -> None:
+        self._client.request("DELETE", f"users/{name}")
+
+    def reset_password(self, name: str, password: str) -> None:
+        self._client.request("POST", f"users/{name}/password", json={"password": password})
+
+
+class Tokens(_Group):
+    """The signed-in user's API tokens."""
+
+    def list(self) -> list[TokenOut]:
+        return self._client.get("me/tokens", list[TokenOut])
+
+    def create(self, name: str, *, expires_in_days: int | None = None) -> TokenCreated:
+        body = {"name": name, "expires_in_days": expires_in_days}
+        return TokenCreated.model_validate(self._client.request("POST", "me/tokens", json=body))
+
+    def revoke(self, token_id: int) -> None:
+        self._client.request("DELETE", f"me/tokens/{token_id}")
+
+
+class Projects(_Group):
+    def list(self, *, include_archived: bool = False) -> list[ProjectOut]:
+        return self._client.get("projects", list[ProjectOut], include_archived=include_archived)
+
+    def get(self, name: str) -> ProjectOut:
+        return self._client.get(f"projects/{name}", ProjectOut)
+
+    def create(
+        self,
+        name: str,
+        *,
+        display_name: str = "",
+        description: str = "",
+        owner: str | None = None,
+    ) -> ProjectOut:
+        body = {
+            "name": name,
+            "display_name": display_name,
+            "description": description,
+            "owner": owner,
+        }
+        return ProjectOut.model_validate(self._client.request("POST", "projects", json=body))
+
+    def update(
+        self,
+        name: str,
+        *,
+        new_name: str | None = None,
+        display_name: str | None = None,
+        description: str | None = None,
+    ) -> ProjectOut:
+        body = _given(name=new_name, display_name=display_name, description=description)
+        return _project(self._client.request("PATCH", f"projects/{name}", json=body))
+
+    def archive(self, name: str) -> ProjectOut:
+        return _project(self._client.request("POST", f"projects/{name}/archive"))
+
+    def unarchive(self, name: str) -> ProjectOut:
+        return _project(self._client.request("POST", f"projects/{name}/unarchive"))
+
+    def members(self, name: str) -> list[MemberOut]:
+        return self._client.get(f"projects/{name}/members", list[MemberOut])
+
+    def add_member(
+        self, name: str, user: str, role: ProjectRole | str = ProjectRole.member
+    ) -> MemberOut:
+        body = {"user": user, "role": str(role)}
+        return _member(self._client.request("POST", f"projects/{name}/members", json=body))
+
+    def set_member_role(self, name: str, user: str, role: ProjectRole | str) -> MemberOut:
+        body = {"role": str(role)}
+        path = f"projects/{name}/members/{user}"
+        return _member(self._client.request("PATCH", path, json=body))
+
+    def remove_member(self, name: str, user: str) -> None:
+        self._client.request("DELETE", f"projects/{name}/members/{user}")
+
+    def quota(self, name: str) -> QuotaOut:
+        return self._client.get(f"projects/{name}/quota", QuotaOut)
+
+    def set_quota(
+        self,
+        name: str,
+        *,
+        guaranteed_gpus: int | None = _UNSET,
+        max_gpus: int | None = _UNSET,
+        max_gpus_per_user: int | None = _UNSET,
+        cpus: float | None = _UNSET,
+        memory_bytes: int | None = _UNSET,
+        storage_bytes: int | None = _UNSET,
+    ) -> QuotaOut:
+        """Change only the fields you pass; pass None to lift a limit."""
+        body = {
+            key: value
+            for key, value in {
+                "guaranteed_gpus": guaranteed_gpus,
+                "max_gpus": max_gpus,
+                "max_gpus_per_user": max_gpus_per_user,
+                "cpus": cpus,
+                "memory_bytes": memory_bytes,
+                "storage_bytes": storage_bytes,
+            }.items()
+            if value is not _UNSET
+        }
+        return QuotaOut.model_validate(
+            self._client.request("PATCH", f"projects/{name}/quota", json=body)
+        )
+
+
+class Audit(_Group):
+    def list(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target_type: str | None = None,
+        target: str | None = None,
+        project: str | None = None,
+        result: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEventOut]:
+        """Newest first; `action` is a prefix. Page with `before_id`."""
+        return self._client.get(
+            "audit",
+            list[AuditEventOut],
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target=target,
+            project=project,
+            result=result,
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
+            before_id=before_id,
+            limit=limit,
+        )
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _project(data: Any) -> ProjectOut:
+    return ProjectOut.model_validate(data)
+
+
+def _member(data: Any) -> MemberOut:
+    return MemberOut.model_validate(data)
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        problem = Problem.model_validate(response.json())
+    except ValueError:
+        problem = Problem(
+            type="urn:suanli:problem:http",
+            title=response.reason_phrase,
+            status=response.status_code,
+            detail=response.text[:500],
+        )
+    return ApiError(response.status_code, problem)
