@@ -12,4 +12,5 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 
 def is_valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    # fullmatch: in Python, "$" would also accept a trailing newline.
+    return bool(_NAME_RE.fullmatch(name))

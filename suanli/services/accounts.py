@@ -78,15 +78,10 @@ class UserChanges:
 def update_user(session: Session, actor: Actor, name: str, changes: UserChanges) -> User:
     require_admin(actor)
     user = get_user(session, name)
-    removes_admin = (
-        user.is_admin
-        and not user.is_disabled
-        and (changes.is_admin is False or changes.is_disabled is True)
-    )
+    # The acting administrator cannot demote or disable themselves, so one always remains.
+    removes_admin = changes.is_admin is False or changes.is_disabled is True
     if removes_admin and user.id == actor.account.id:
         raise Forbidden("error.cannot_demote_self")
-    if removes_admin:
-        _keep_an_admin(session, user)
     diff = _apply(user, changes)
     if changes.is_disabled:
         _revoke_tokens(session, user, kinds=("session", "api"))
@@ -101,8 +96,6 @@ def delete_user(session: Session, actor: Actor, name: str) -> None:
     user = get_user(session, name)
     if user.id == actor.account.id:
         raise Forbidden("error.cannot_delete_self")
-    if user.is_admin and not user.is_disabled:
-        _keep_an_admin(session, user)
     _keep_project_owners(session, user)
     session.delete(user)
     audit.record(session, actor, "user.delete", target_type="user", target=name)
@@ -196,16 +189,6 @@ def _apply(user: User, changes: UserChanges) -> dict[str, list[object]]:
             diff[field] = [getattr(user, field), value]
             setattr(user, field, value)
     return diff
-
-
-def _keep_an_admin(session: Session, leaving: User) -> None:
-    others = session.scalar(
-        select(func.count())
-        .select_from(User)
-        .where(User.is_admin.is_(True), User.is_disabled.is_(False), User.id != leaving.id)
-    )
-    if not others:
-        raise Conflict("error.last_admin")
 
 
 def _keep_project_owners(session: Session, leaving: User) -> None:

@@ -1,0 +1,190 @@
+"""Shared fixtures: a real server on loopback over a fresh database, and clients for it.
+
+The suite runs on SQLite by default. With SUANLI_TEST_POSTGRES_URL set (an admin URL of a
+PostgreSQL server, e.g. from `scripts/postgres start`), every database a test asks for is a
+fresh PostgreSQL database on that server instead.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from suanli.client import Client
+
+ADMIN_PASSWORD = "admin-test-password"
+POSTGRES_URL = os.environ.get("SUANLI_TEST_POSTGRES_URL", "")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def _create_postgres_database() -> str:
+    admin = make_url(POSTGRES_URL)
+    name = unique("suanli-test").replace("-", "_")
+    with psycopg.connect(
+        host=admin.host,
+        port=admin.port,
+        user=admin.username,
+        dbname=admin.database or "postgres",
+        autocommit=True,
+    ) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return admin.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A fresh, empty database: SQLite in the test's directory, or PostgreSQL (see above)."""
+    if POSTGRES_URL:
+        return _create_postgres_database()
+    return f"sqlite:///{tmp_path / 'suanli.db'}"
+
+
+@dataclass
+class RunningServer:
+    url: str
+    data_dir: Path
+    database_url: str
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def client(self, token: str | None = None, language: str | None = None) -> Client:
+        return Client(self.url, token, language=language)
+
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> Client:
+        client = self.client()
+        client.login(username, password)
+        return client
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=20)
+
+
+def start_server(
+    data_dir: Path, database_url: str, env: dict[str, str] | None = None, *, port: int = 0
+) -> RunningServer:
+    """Start `suanli server` as a real process and wait until it listens."""
+    environment = {
+        **os.environ,
+        "SUANLI_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "SUANLI_LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "suanli",
+            "server",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--database-url",
+            database_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+    server = RunningServer("", data_dir, database_url, process)
+    deadline = time.monotonic() + 60
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        server.output.append(line)
+        if "http://" in line and not server.url:
+            server.url = line.split("http://", 1)[1].split()[0].rstrip("/")
+            server.url = "http://" + server.url
+            return server
+    process.kill()
+    raise RuntimeError("server did not start:\n" + "".join(server.output))
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers on the test's own database; all are stopped at the end."""
+    started: list[RunningServer] = []
+
+    def factory(env: dict[str, str] | None = None, *, port: int = 0) -> RunningServer:
+        server = start_server(tmp_path / "data", database_url, env, port=port)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server shared by the tests that only need one (they use unique names)."""
+    base = tmp_path_factory.mktemp("shared")
+    url = _create_postgres_database() if POSTGRES_URL else f"sqlite:///{base / 'suanli.db'}"
+    running = start_server(base / "data", url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(server: RunningServer) -> Iterator[Client]:
+    client = server.login()
+    yield client
+    client.close()
+
+
+@dataclass
+class Person:
+    name: str
+    password: str
+    client: Client
+
+
+@pytest.fixture
+def make_user(server: RunningServer, admin: Client) -> Iterator[Callable[..., Person]]:
+    """Create a user with a unique name and return them signed in."""
+    clients: list[Client] = []
+
+    def make(prefix: str = "user", *, is_admin: bool = False) -> Person:
+        name, password = unique(prefix), "password-" + secrets.token_hex(4)
+        admin.users.create(name, password, is_admin=is_admin)
+        client = server.login(name, password)
+        clients.append(client)
+        return Person(name, password, client)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def app_and_database(tmp_path: Path, database_url: str):
+    """The application in-process over a prepared database, for tests that walk its routes."""
+    from suanli.app import create_app, prepare
+    from suanli.config import Settings
+    from suanli.db.engine import Database
+
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, admin_password=ADMIN_PASSWORD
+    )
+    database = Database(database_url)
+    prepare(settings, database)
+    yield create_app(settings, database), database
+    database.dispose()
