@@ -39,12 +39,13 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.state.database = database
     problems.install(app)
 
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
     for module in (auth, me, users, projects, audit):
         api.include_router(module.router)
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.public)
+    problems.document(app)
     return app
 
 

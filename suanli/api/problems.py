@@ -10,12 +10,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from suanli.core.errors import RateLimited, SuanliError, Unauthenticated
 from suanli.core.names import NAME_PATTERN
 from suanli.i18n import negotiate, translate
+from suanli.schemas.system import Problem
+from suanli.schemas.types import EMAIL_PATTERN, NO_NUL_PATTERN
 
 log = logging.getLogger("suanli.api")
 
@@ -68,8 +73,8 @@ def field_errors(errors: Any, language: str) -> list[dict[str, str]]:
         kind = error.get("type", "")
         ctx = {k: str(v) for k, v in (error.get("ctx") or {}).items()}
         key = f"validation.{kind}"
-        if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
-            key = "validation.name_rule"
+        if kind == "string_pattern_mismatch":
+            key = _PATTERN_MESSAGES.get(ctx.get("pattern", ""), key)
         message = translate(key, language, **ctx)
         if message == key:
             message = translate("validation.invalid", language, detail=error.get("msg", ""))
@@ -80,6 +85,11 @@ def field_errors(errors: Any, language: str) -> list[dict[str, str]]:
 
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
+_PATTERN_MESSAGES = {
+    NAME_PATTERN: "validation.name_rule",
+    NO_NUL_PATTERN: "validation.text_nul",
+    EMAIL_PATTERN: "validation.email",
+}
 
 
 async def _on_suanli_error(request: Request, error: SuanliError) -> JSONResponse:
@@ -111,6 +121,7 @@ async def _on_http_error(request: Request, error: StarletteHTTPException) -> JSO
         detail = translate("error.not_found", language)
     elif status == 405:
         detail = translate("error.method_not_allowed", language, method=request.method)
+        return problem(request, status, type_, detail, headers={"Allow": _allowed(request)})
     else:
         detail = translate(f"error.{type_.replace('-', '_')}", language)
     return problem(request, status, type_, detail, headers=dict(error.headers or {}))
@@ -121,6 +132,49 @@ async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
     log.error("unhandled error %s on %s %s", ref, request.method, request.url.path, exc_info=error)
     detail = translate("error.internal", language_of(request), ref=ref)
     return problem(request, 500, "internal-error", detail)
+
+
+def _allowed(request: Request) -> str:
+    """Every method of every route at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and route.methods:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": description}
+    for status, description in (
+        (400, "The body could not be read"),
+        (401, "Not signed in, or the token is invalid, expired or revoked"),
+        (403, "Signed in, but not allowed"),
+        (404, "Not found, or not visible to the caller"),
+        (409, "Conflicts with the current state"),
+        (422, "Invalid input, with one entry per field"),
+    )
+}
+
+
+def document(app: FastAPI) -> None:
+    """Describe error responses in the OpenAPI document as what they are: problem+json."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        content = response.get("content", {})
+                        if status[0] in "45" and "application/json" in content:
+                            content[PROBLEM_JSON] = content.pop("application/json")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI) -> None:

@@ -159,7 +159,8 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    actor: Mapped[str] = mapped_column(String(32), default="")
+    # Failed logins record the name that was tried, which may be any login-sized string.
+    actor: Mapped[str] = mapped_column(String(128), default="")
     action: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[str] = mapped_column(String(32), default="")
     target: Mapped[str] = mapped_column(String(128), default="")

@@ -1,27 +1,28 @@
 """Users, logins and tokens."""
 
 from datetime import datetime
-from typing import Annotated, Literal
-
-from pydantic import Field, StringConstraints
+from typing import Literal
 
 from suanli.schemas.types import (
     Email,
+    Flag,
     Name,
     Password,
     RequestModel,
     ResponseModel,
     ShortText,
-    Text,
+    count,
+    text,
 )
 
 Language = Literal["en", "zh-CN"]
-TokenName = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
+TokenName = text(min_length=1, max_length=64)
+Secret = text(min_length=1, max_length=1024)
 
 
 class LoginRequest(RequestModel):
-    username: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
-    password: Annotated[Text, StringConstraints(min_length=1, max_length=1024)]
+    username: text(min_length=1, max_length=128)
+    password: Secret
     token_name: TokenName = "login"
 
 
@@ -45,7 +46,7 @@ class LoginResponse(ResponseModel):
 class UserCreate(RequestModel):
     name: Name
     password: Password
-    is_admin: bool = False
+    is_admin: Flag = False
     display_name: ShortText = ""
     email: Email = ""
 
@@ -55,8 +56,8 @@ class UserUpdate(RequestModel):
 
     display_name: ShortText | None = None
     email: Email | None = None
-    is_admin: bool | None = None
-    is_disabled: bool | None = None
+    is_admin: Flag | None = None
+    is_disabled: Flag | None = None
 
 
 class PasswordReset(RequestModel):
@@ -64,7 +65,7 @@ class PasswordReset(RequestModel):
 
 
 class PasswordChange(RequestModel):
-    current_password: Annotated[Text, StringConstraints(min_length=1, max_length=1024)]
+    current_password: Secret
     new_password: Password
 
 
@@ -77,7 +78,7 @@ class MeUpdate(RequestModel):
 class TokenCreate(RequestModel):
     name: TokenName
     # None: the token lives until revoked.
-    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    expires_in_days: count(minimum=1, maximum=3650) | None = None
 
 
 class TokenOut(ResponseModel):

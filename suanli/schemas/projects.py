@@ -3,15 +3,23 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field
 
 from suanli.core.roles import ProjectRole
-from suanli.schemas.types import MAX_BYTES, Name, RequestModel, ResponseModel, ShortText, Text
+from suanli.schemas.types import (
+    MAX_BYTES,
+    Name,
+    RequestModel,
+    ResponseModel,
+    ShortText,
+    count,
+    text,
+)
 
-Description = Annotated[Text, StringConstraints(max_length=2000)]
-Gpus = Annotated[int, Field(ge=0, le=1_000_000)]
-Cpus = Annotated[float, Field(ge=0, le=100_000_000, allow_inf_nan=False)]
-Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
+Description = text(max_length=2000)
+Gpus = count(maximum=1_000_000)
+Cpus = Annotated[float, Field(ge=0, le=100_000_000, allow_inf_nan=False, strict=True)]
+Bytes = count(maximum=MAX_BYTES)
 
 
 class QuotaOut(ResponseModel):

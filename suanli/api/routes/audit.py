@@ -3,16 +3,15 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import StringConstraints
 
 from suanli.api.deps import CallerDep, SessionDep
 from suanli.schemas.system import AuditEventOut
-from suanli.schemas.types import MAX_INT32, Text, UtcDatetime
+from suanli.schemas.types import MAX_INT32, UtcDatetime, text
 from suanli.services import audit
 from suanli.services.audit import AuditFilter
 
 router = APIRouter(prefix="/audit", tags=["audit"])
-Filter = Annotated[Text, StringConstraints(max_length=128)]
+Filter = text(max_length=128)
 
 
 @router.get("", response_model=list[AuditEventOut])

@@ -24,7 +24,7 @@ def upgrade() -> None:
         "audit_events",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("at", suanli.db.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("actor", sa.String(length=32), nullable=False),
+        sa.Column("actor", sa.String(length=128), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target_type", sa.String(length=32), nullable=False),
         sa.Column("target", sa.String(length=128), nullable=False),
