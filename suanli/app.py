@@ -17,6 +17,7 @@ from suanli.config import Settings
 from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.services import accounts
+from suanli.web import docs
 
 API_PREFIX = "/api/v1"
 
@@ -34,6 +35,8 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
         version=__version__,
         description="Suanli (算力): share GPU servers across projects and people.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.database = database
@@ -46,6 +49,7 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health.public)
     problems.document(app)
+    docs.install(app)
     return app
 
 

@@ -23,7 +23,11 @@ def test_version_needs_a_caller(server: RunningServer, admin) -> None:
 def test_openapi_document_is_public_and_lists_the_api(server: RunningServer) -> None:
     document = httpx.get(f"{server.url}/openapi.json").json()
     assert "/api/v1/projects/{name}/quota" in document["paths"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    page = httpx.get(f"{server.url}/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()  # served from the package: works offline
+    script = httpx.get(f"{server.url}/static/vendor/swagger-ui/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
 
 
 def test_readiness_fails_when_migrations_are_behind(server_factory, database_url) -> None:
