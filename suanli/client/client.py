@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -11,7 +10,7 @@ from pydantic import TypeAdapter
 from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
 from suanli.schemas.projects import MemberOut, ProjectOut, QuotaOut
-from suanli.schemas.system import AuditEventOut, Problem, VersionOut
+from suanli.schemas.system import AuditEventOut, AuditQuery, Problem, VersionOut
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -269,35 +268,13 @@ class Projects(_Group):
 
 
 class Audit(_Group):
-    def list(
-        self,
-        *,
-        actor: str | None = None,
-        action: str | None = None,
-        target_type: str | None = None,
-        target: str | None = None,
-        project: str | None = None,
-        result: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
-    ) -> list[AuditEventOut]:
-        """Newest first; `action` is a prefix. Page with `before_id`."""
-        return self._client.get(
-            "audit",
-            list[AuditEventOut],
-            actor=actor,
-            action=action,
-            target_type=target_type,
-            target=target,
-            project=project,
-            result=result,
-            since=since.isoformat() if since else None,
-            until=until.isoformat() if until else None,
-            before_id=before_id,
-            limit=limit,
-        )
+    def list(self, query: AuditQuery | None = None, **filters: Any) -> list[AuditEventOut]:
+        """Newest first. Filters as an AuditQuery or as its fields: `actor`, `action` (a
+        prefix), `target_type`, `target`, `project`, `result`, `since`, `until`,
+        `before_id`, `limit`."""
+        query = query or AuditQuery(**filters)
+        params = query.model_dump(mode="json", exclude_none=True)
+        return self._client.get("audit", list[AuditEventOut], **params)
 
 
 def _given(**fields: Any) -> dict[str, Any]:

@@ -45,6 +45,8 @@ _ISO_START = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 def _iso_text(value: Any) -> Any:
     """Only ISO 8601 text is a time here; pydantic would also read numbers as Unix times."""
+    if isinstance(value, datetime):
+        return value
     if not isinstance(value, str) or not _ISO_START.match(value):
         raise PydanticCustomError("datetime_parsing", "must be an ISO 8601 date and time")
     return value

@@ -1,7 +1,5 @@
 """The audit trail: every change and every login attempt."""
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -9,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from suanli.core.errors import Forbidden
 from suanli.db.models import AuditEvent
+from suanli.schemas.system import AuditQuery
 from suanli.services.actor import Actor
 
 
@@ -39,21 +38,7 @@ def record(
     )
 
 
-@dataclass(frozen=True)
-class AuditFilter:
-    actor: str | None = None
-    action: str | None = None
-    target_type: str | None = None
-    target: str | None = None
-    project: str | None = None
-    result: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    before_id: int | None = None
-    limit: int = 100
-
-
-def list_events(session: Session, actor: Actor, where: AuditFilter) -> list[AuditEvent]:
+def list_events(session: Session, actor: Actor, where: AuditQuery) -> list[AuditEvent]:
     """Newest first. `action` matches a prefix ("user." finds every user change)."""
     if not actor.is_admin:
         raise Forbidden("error.admin_only")
