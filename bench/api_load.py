@@ -413,6 +413,23 @@ def table(results: list[PhaseResult]) -> str:
     return "\n".join(rows)
 
 
+def code_version() -> str:
+    """The commit under test, marked dirty when the tree differs: figures belong to a version."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "suanli"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit or 'unknown'}{' (suanli/ modified)' if dirty else ''}"
+
+
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
@@ -458,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                 results += run_once(backend, run, options, pg_admin_url)
     print(
         f"duration {options.duration:g} s, warm-up {options.warmup:g} s, "
-        f"concurrency {options.concurrency}, {os.cpu_count()} CPUs"
+        f"concurrency {options.concurrency}, {os.cpu_count()} CPUs, code {code_version()}"
     )
     print(table(results))
     return 1 if any(r.errors for r in results) else 0

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from suanli.config import Settings
@@ -42,12 +43,20 @@ class Caller:
     token_id: int
 
 
-def get_caller(request: Request, session: Annotated[Session, Depends(get_session)]) -> Caller:
+# Declared so that the OpenAPI document (and the Authorize button of /docs) knows the scheme;
+# a missing or malformed header is answered by get_caller, as problem+json.
+bearer = HTTPBearer(auto_error=False, description="A token from login or `suanli tokens create`")
+
+
+def get_caller(
+    request: Request,
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
     """The user behind the request's bearer token; 401 without a live one."""
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthenticated()
-    user, token = tokens.authenticate(session, secret.strip())
+    user, token = tokens.authenticate(session, credentials.credentials.strip())
     if tokens.needs_last_used(token):
         if request.method in _READ_METHODS:
             with get_database(request).writing() as writer:
