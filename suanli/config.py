@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # Public URL printed at start and used in links; derived from host and port when empty.
     public_url: str = ""
 
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are believed
+    # (comma-separated, "*" for any). Empty: the peer's own address is recorded and throttled,
+    # and nobody can claim another address by sending the header.
+    forwarded_allow_ips: str = ""
+
     admin_username: str = "admin"
     # When empty on first start, a password is generated and printed once.
     admin_password: SecretStr = SecretStr("")

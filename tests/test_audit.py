@@ -61,3 +61,17 @@ def test_only_admins_read_the_audit_log(make_user) -> None:
     with pytest.raises(ApiError) as refused:
         make_user().client.audit.list()
     assert refused.value.status == 403
+
+
+def test_a_projects_history_survives_its_rename(admin: Client) -> None:
+    old, new = unique("before"), unique("after")
+    admin.projects.create(old)
+    admin.projects.set_quota(old, max_gpus=3)
+    admin.projects.update(old, new_name=new)
+    assert [e.action for e in admin.audit.list(project=new)] == [
+        "project.update",
+        "project.quota",
+        "project.create",
+    ]
+    admin.projects.create(old)  # a new project may take the old name: its history is its own
+    assert [e.action for e in admin.audit.list(project=old)] == ["project.create"]

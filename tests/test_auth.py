@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import create_engine, select, update
 
 from suanli.client import ApiError, Client
-from suanli.db.models import ApiToken, utcnow
+from suanli.db.models import ApiToken, AuditEvent, utcnow
 from suanli.security.tokens import hash_token
 from tests.conftest import ADMIN_PASSWORD, RunningServer, unique
 
@@ -192,3 +192,56 @@ def test_secrets_never_reach_the_log(server_factory) -> None:
         admin.token,
     ):
         assert secret and secret not in log
+
+
+def test_a_client_cannot_claim_another_address(server_factory) -> None:
+    """X-Forwarded-For is believed only from configured proxies: by default a client that
+    sends it neither escapes the address lock nor writes a false address into the audit."""
+    server = server_factory({"SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "4"})
+    login = f"{server.url}/api/v1/auth/login"
+    codes = [
+        httpx.post(
+            login,
+            json={"username": f"who-{i}", "password": "x"},
+            headers={"X-Forwarded-For": f"203.0.113.{i}"},
+        ).status_code
+        for i in range(6)
+    ]
+    assert codes == [401] * 4 + [429] * 2
+    engine = create_engine(server.database_url)
+    with engine.connect() as connection:
+        addresses = set(connection.execute(select(AuditEvent.address)).scalars())
+    engine.dispose()
+    assert addresses <= {"127.0.0.1", ""}
+
+
+def test_trusted_proxies_may_name_the_client(server_factory) -> None:
+    server = server_factory({"SUANLI_FORWARDED_ALLOW_IPS": "127.0.0.1"})
+    httpx.post(
+        f"{server.url}/api/v1/auth/login",
+        json={"username": "x", "password": "y"},
+        headers={"X-Forwarded-For": "198.51.100.7"},
+    )
+    admin = server.login()
+    assert admin.audit.list(action="auth.login", target="x")[0].address == "198.51.100.7"
+
+
+def test_wrong_current_passwords_count_towards_the_lock(server_factory) -> None:
+    """A stolen token must not let anyone guess the password through /me/password."""
+    server = server_factory({"SUANLI_LOGIN_MAX_FAILURES_PER_USER": "3"})
+    admin = server.login()
+    admin.users.create("jack", "jack-password")
+    jack = server.login("jack", "jack-password")
+    statuses = []
+    for i in range(4):
+        try:
+            jack.change_password(f"guess-{i}", "new-password-1")
+        except ApiError as error:
+            statuses.append(error.status)
+    assert statuses == [422, 422, 422, 429]
+    with pytest.raises(ApiError) as locked:
+        jack.change_password("jack-password", "new-password-1")
+    assert locked.value.status == 429
+    with pytest.raises(ApiError) as login:
+        server.login("jack", "jack-password")
+    assert login.value.status == 429

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from suanli.cli.main import main
+from suanli.client import Client
 from tests.conftest import ADMIN_PASSWORD, RunningServer, unique
 
 
@@ -159,3 +160,33 @@ def test_the_installed_command_and_environment_login(server: RunningServer, admi
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["name"] == "admin"
+
+
+def test_logout_revokes_the_saved_login_not_the_environment_token(
+    cli, server: RunningServer, admin, monkeypatch
+) -> None:
+    cli("login", server.url, "-u", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    saved = {t.id for t in admin.tokens.list() if t.kind == "session"}
+    script = admin.tokens.create("ci").token
+    monkeypatch.setenv("SUANLI_TOKEN", script)
+    assert cli("logout")[0] == 0
+    monkeypatch.delenv("SUANLI_TOKEN")
+    live = {t.id for t in admin.tokens.list()}
+    assert len(saved - live) == 1  # the login's token is gone
+    with Client(server.url, script) as ci:
+        assert ci.whoami().name == "admin"  # the environment's token still works
+
+
+def test_a_broken_config_file_is_explained(cli, tmp_path) -> None:
+    path = tmp_path / "config" / "suanli" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text("url = [unclosed\n")
+    code, _, err = cli("whoami")
+    assert code == 1 and str(path) in err and "Traceback" not in err
+
+
+def test_the_config_directory_is_private_even_if_it_existed(cli, server, tmp_path) -> None:
+    folder = tmp_path / "config" / "suanli"
+    folder.mkdir(parents=True, mode=0o755)
+    cli("login", server.url, "-u", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700

@@ -3,22 +3,24 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from suanli.core.names import is_valid_name
 from suanli.core.quantities import format_bytes, parse_bytes
 from suanli.core.throttle import ThrottlePolicy, after_failure, seconds_locked
+from suanli.schemas.types import Name
 
 
 @pytest.mark.parametrize("name", ["a", "alice", "team-7", "x" * 32, "a1"])
 def test_valid_names(name: str) -> None:
-    assert is_valid_name(name)
+    assert TypeAdapter(Name).validate_python(name) == name
 
 
 @pytest.mark.parametrize(
     "name", ["", "A", "1abc", "-a", "a-", "a_b", "a.b", "x" * 33, "张三", "a b", "a\n"]
 )
 def test_invalid_names(name: str) -> None:
-    assert not is_valid_name(name)
+    with pytest.raises(ValidationError):
+        TypeAdapter(Name).validate_python(name)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Request dependencies: the database session, the caller, the caller's language."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 from suanli.config import Settings
 from suanli.core.errors import Unauthenticated
 from suanli.db.engine import Database
-from suanli.db.models import utcnow
 from suanli.services import tokens
 from suanli.services.actor import Actor
 
@@ -26,15 +25,25 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request: a write transaction for methods that change things."""
-    database = get_database(request)
-    with database.session(write=request.method not in _READ_METHODS) as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request: a write transaction for methods that change things.
+
+    The transaction begins at the handler's first query, inside the handler's worker thread,
+    and services commit before they return. The session is closed here, on the event loop:
+    a transaction left open by an error is rolled back without waiting for a free worker
+    thread, which under load may all be waiting for the very lock it holds.
+    """
+    session = get_database(request).session(write=request.method not in _READ_METHODS)
+    try:
         yield session
+    finally:
+        session.close()
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else ""
+    """The peer's address. Proxy headers are believed only from the proxies the settings name
+    (uvicorn's forwarded_allow_ips); the column holds 64 characters."""
+    return request.client.host[:64] if request.client else ""
 
 
 @dataclass(frozen=True)
@@ -50,23 +59,26 @@ bearer = HTTPBearer(auto_error=False, description="A token from login or `suanli
 
 def get_caller(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The user behind the request's bearer token; 401 without a live one."""
+    """The user behind the request's bearer token; 401 without a live one.
+
+    Looked up in a short session of its own, so that the request's write transaction (and
+    SQLite's write lock) starts only when the handler needs it. The user comes back detached:
+    services that change it load it again in their own session.
+    """
     if credentials is None or not credentials.credentials.strip():
         raise Unauthenticated()
-    user, token = tokens.authenticate(session, credentials.credentials.strip())
+    database = get_database(request)
+    with database.reading() as session:
+        user, token = tokens.authenticate(session, credentials.credentials.strip())
     if tokens.needs_last_used(token):
-        if request.method in _READ_METHODS:
-            with get_database(request).writing() as writer:
-                tokens.touch(writer, token.id)
-        else:
-            # This request already holds SQLite's write lock; its own commit records the use.
-            token.last_used_at = utcnow()
+        with database.writing() as writer:
+            tokens.touch(writer, token.id)
     return Caller(actor=Actor(user=user, address=client_address(request)), token_id=token.id)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -127,6 +128,18 @@ async def _on_http_error(request: Request, error: StarletteHTTPException) -> JSO
     return problem(request, status, type_, detail, headers=dict(error.headers or {}))
 
 
+# PostgreSQL's answers to transactions that collided: deadlock, serialization failure.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
+async def _on_database_error(request: Request, error: DBAPIError) -> JSONResponse:
+    """A collision with a concurrent request is a conflict the caller may retry, not a 500."""
+    if getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        detail = translate("error.conflict", language_of(request))
+        return problem(request, 409, "conflict", detail)
+    return await _on_unexpected(request, error)
+
+
 async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
     ref = uuid.uuid4().hex[:12]
     log.error("unhandled error %s on %s %s", ref, request.method, request.url.path, exc_info=error)
@@ -181,4 +194,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SuanliError, _on_suanli_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DBAPIError, _on_database_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

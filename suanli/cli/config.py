@@ -24,17 +24,31 @@ class CliConfig:
     token: str = ""
 
 
+class BadConfigFile(Exception):
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def load_file() -> CliConfig:
+    """What `suanli login` saved, without the environment's overrides."""
+    path = config_path()
+    if not path.exists():
+        return CliConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BadConfigFile(path, str(error)) from error
+    return CliConfig(
+        url=str(data.get("url") or DEFAULT_URL),
+        username=str(data.get("username", "")),
+        token=str(data.get("token", "")),
+    )
+
+
 def load() -> CliConfig:
     """The saved login, overridden by SUANLI_URL and SUANLI_TOKEN (for scripts and CI)."""
-    config = CliConfig()
-    path = config_path()
-    if path.exists():
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        config = CliConfig(
-            url=str(data.get("url") or DEFAULT_URL),
-            username=str(data.get("username", "")),
-            token=str(data.get("token", "")),
-        )
+    config = load_file()
     config.url = os.environ.get("SUANLI_URL") or config.url
     config.token = os.environ.get("SUANLI_TOKEN") or config.token
     return config
@@ -44,6 +58,7 @@ def save(config: CliConfig) -> Path:
     """Write the file atomically with mode 0600, in a directory only its owner can enter."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)  # also when the directory was there before
     text = "".join(
         f"{key} = {json.dumps(value)}\n"
         for key, value in (
@@ -62,7 +77,7 @@ def save(config: CliConfig) -> Path:
 
 
 def forget() -> None:
-    """Remove the token but keep the server URL and user name for the next login."""
-    config = load()
+    """Remove the saved token but keep the server URL and user name for the next login."""
+    config = load_file()
     if config_path().exists():
         save(CliConfig(url=config.url, username=config.username, token=""))

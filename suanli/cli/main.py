@@ -17,6 +17,7 @@ from suanli.cli.output import (
     JsonOption,
     fail,
     fields,
+    language,
     print_json,
     say,
     show_api_error,
@@ -83,6 +84,8 @@ def server(
         create_app(settings, database),
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
     uvicorn.Server(uv).run(sockets=[listener])
 
@@ -120,10 +123,11 @@ def login(
 
 @app.command()
 def logout() -> None:
-    """Revoke this machine's session token and forget it."""
-    saved = config.load()
+    """Revoke the session token saved by `suanli login` and forget it (a SUANLI_TOKEN in the
+    environment is left alone: it is not this login's to revoke)."""
+    saved = config.load_file()
     if saved.token:
-        with connect() as client:
+        with Client(saved.url, saved.token, language=language()) as client:
             try:
                 client.logout()
             except ApiError as error:
@@ -185,13 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         show_api_error(error)
         return 1
     except httpx.HTTPError as error:
-        fail(
-            t(
-                "cli.cannot_connect",
-                url=config.load().url,
-                reason=str(error) or type(error).__name__,
-            )
-        )
+        url = error.request.url if isinstance(error, httpx.RequestError) else ""
+        fail(t("cli.cannot_connect", url=url, reason=str(error) or type(error).__name__))
+        return 1
+    except config.BadConfigFile as error:
+        fail(t("cli.bad_config", path=str(error.path), reason=error.reason))
         return 1
     except typer.Exit as done:
         return done.exit_code

@@ -46,6 +46,11 @@ def error_console() -> Console:
     return Console(file=sys.stderr, highlight=False, markup=False, soft_wrap=True)
 
 
+def label(group: str, value: object) -> str:
+    """A stored value (a role, a token kind, an audit result) as the reader's word for it."""
+    return t(f"cli.{group}.{value}") if value else "-"
+
+
 def say(key: str, **params: Any) -> None:
     console().print(t(key, **params))
 

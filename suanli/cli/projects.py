@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
-from suanli.cli.output import JsonOption, fields, print_json, say, t, table
+from suanli.cli.output import JsonOption, fields, label, print_json, say, t, table
 from suanli.cli.session import connect
 from suanli.core.quantities import format_bytes, parse_bytes
 from suanli.core.roles import ProjectRole
@@ -47,7 +47,7 @@ def _show(project: ProjectOut, json: bool) -> None:
             ("name", project.name),
             ("display_name", project.display_name),
             ("description", project.description),
-            ("my_role", project.my_role),
+            ("my_role", label("role", project.my_role)),
             ("members", project.member_count),
             ("created", project.created_at),
             ("archived", project.archived_at),
@@ -159,7 +159,7 @@ def list_members(project: Project, json: JsonOption = False) -> None:
         return
     table(
         ["user", "display_name", "role", "since"],
-        [(m.user, m.display_name, m.role, m.created_at) for m in members],
+        [(m.user, m.display_name, label("role", m.role), m.created_at) for m in members],
     )
 
 
@@ -171,7 +171,7 @@ def add(project: Project, user: User, role: Role = ProjectRole.member) -> None:
     """Add a user to a project (owners)."""
     with connect() as client:
         client.projects.add_member(project, user, role)
-    say("cli.member_added", user=user, project=project, role=role.value)
+    say("cli.member_added", user=user, project=project, role=label("role", role.value))
 
 
 @members_app.command("set-role")
@@ -179,7 +179,7 @@ def set_role(project: Project, user: User, role: Annotated[ProjectRole, typer.Ar
     """Change a member's role (owners)."""
     with connect() as client:
         client.projects.set_member_role(project, user, role)
-    say("cli.member_role_set", user=user, project=project, role=role.value)
+    say("cli.member_role_set", user=user, project=project, role=label("role", role.value))
 
 
 @members_app.command()

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from suanli.cli.output import JsonOption, print_json, say, table
+from suanli.cli.output import JsonOption, label, print_json, say, table
 from suanli.cli.session import connect
 
 app = typer.Typer(help="Manage your API tokens.", no_args_is_help=True)
@@ -21,7 +21,15 @@ def list_tokens(json: JsonOption = False) -> None:
     table(
         ["id", "name", "kind", "prefix", "created", "expires", "last_used"],
         [
-            (k.id, k.name, k.kind, k.prefix + "…", k.created_at, k.expires_at, k.last_used_at)
+            (
+                k.id,
+                k.name,
+                label("kind", k.kind),
+                k.prefix + "…",
+                k.created_at,
+                k.expires_at,
+                k.last_used_at,
+            )
             for k in tokens
         ],
     )

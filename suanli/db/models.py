@@ -165,6 +165,8 @@ class AuditEvent(Base):
     target_type: Mapped[str] = mapped_column(String(32), default="")
     target: Mapped[str] = mapped_column(String(128), default="")
     project: Mapped[str] = mapped_column(String(32), default="")
+    # The id as well as the name at the time: a project's history survives its renames.
+    project_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
     result: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -22,6 +22,10 @@ Cpus = Annotated[float, Field(ge=0, le=100_000_000, allow_inf_nan=False, strict=
 Bytes = count(maximum=MAX_BYTES)
 
 
+class ProjectListQuery(RequestModel):
+    include_archived: bool = False
+
+
 class QuotaOut(ResponseModel):
     """None means no limit beyond the cluster's own capacity."""
 

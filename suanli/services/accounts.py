@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from suanli.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from suanli.core.roles import ProjectRole
 from suanli.db.models import ApiToken, Membership, Project, User, utcnow
-from suanli.security.passwords import hash_password, verify_password
+from suanli.security.passwords import hash_password
 from suanli.services import audit
 from suanli.services.actor import Actor
 from suanli.services.common import commit, require_admin
@@ -24,6 +24,11 @@ def get_user(session: Session, name: str) -> User:
     if user is None:
         raise NotFound("error.user_not_found", name=name)
     return user
+
+
+def show_user(session: Session, actor: Actor, name: str) -> User:
+    require_admin(actor)
+    return get_user(session, name)
 
 
 def list_users(session: Session, actor: Actor) -> Sequence[User]:
@@ -42,12 +47,14 @@ def create_user(
     email: str = "",
 ) -> User:
     require_admin(actor)
+    check_password_rules(name, password)
+    # Hash before the first query: on SQLite that query takes the write lock.
+    password_hash = hash_password(password)
     if find_user(session, name) is not None:
         raise Conflict("error.user_exists", name=name)
-    _check_password(name, password)
     user = User(
         name=name,
-        password_hash=hash_password(password),
+        password_hash=password_hash,
         is_admin=is_admin,
         display_name=display_name,
         email=email,
@@ -78,13 +85,14 @@ class UserChanges:
 def update_user(session: Session, actor: Actor, name: str, changes: UserChanges) -> User:
     require_admin(actor)
     user = get_user(session, name)
-    # The acting administrator cannot demote or disable themselves, so one always remains.
     removes_admin = changes.is_admin is False or changes.is_disabled is True
     if removes_admin and user.id == actor.account.id:
         raise Forbidden("error.cannot_demote_self")
+    if removes_admin and user.is_admin and not user.is_disabled:
+        _keep_an_admin(session, user)
     diff = _apply(user, changes)
     if changes.is_disabled:
-        _revoke_tokens(session, user, kinds=("session", "api"))
+        revoke_tokens(session, user, kinds=("session", "api"))
     if diff:
         audit.record(session, actor, "user.update", target_type="user", target=name, detail=diff)
     commit(session, "error.conflict")
@@ -96,6 +104,8 @@ def delete_user(session: Session, actor: Actor, name: str) -> None:
     user = get_user(session, name)
     if user.id == actor.account.id:
         raise Forbidden("error.cannot_delete_self")
+    if user.is_admin and not user.is_disabled:
+        _keep_an_admin(session, user)
     _keep_project_owners(session, user)
     session.delete(user)
     audit.record(session, actor, "user.delete", target_type="user", target=name)
@@ -105,36 +115,13 @@ def delete_user(session: Session, actor: Actor, name: str) -> None:
 def reset_password(session: Session, actor: Actor, name: str, password: str) -> None:
     """An administrator sets a new password; the user's login sessions end."""
     require_admin(actor)
+    check_password_rules(name, password)
+    password_hash = hash_password(password)  # before the first query, as in create_user
     user = get_user(session, name)
-    _check_password(name, password)
-    user.password_hash = hash_password(password)
+    user.password_hash = password_hash
     user.password_changed_at = utcnow()
-    _revoke_tokens(session, user, kinds=("session",))
+    revoke_tokens(session, user, kinds=("session",))
     audit.record(session, actor, "user.reset_password", target_type="user", target=name)
-    commit(session, "error.conflict")
-
-
-def change_own_password(
-    session: Session, actor: Actor, current: str, new: str, keep_token_id: int | None
-) -> None:
-    """The user changes their password; their other login sessions end."""
-    user = actor.account
-    if not verify_password(user.password_hash, current):
-        audit.record(
-            session,
-            actor,
-            "user.change_password",
-            target_type="user",
-            target=user.name,
-            result="failure",
-        )
-        session.commit()
-        raise InvalidInput("error.wrong_current_password", field="current_password")
-    _check_password(user.name, new)
-    user.password_hash = hash_password(new)
-    user.password_changed_at = utcnow()
-    _revoke_tokens(session, user, kinds=("session",), keep_token_id=keep_token_id)
-    audit.record(session, actor, "user.change_password", target_type="user", target=user.name)
     commit(session, "error.conflict")
 
 
@@ -146,7 +133,7 @@ def update_me(
     email: str | None = None,
     language: str | None = None,
 ) -> User:
-    user = actor.account
+    user = session.get_one(User, actor.account.id)
     diff = _apply(user, UserChanges(display_name=display_name, email=email))
     if language is not None and language != user.language:
         diff["language"] = [user.language, language]
@@ -176,7 +163,7 @@ def bootstrap_admin(session: Session, name: str, password: str) -> bool:
     return True
 
 
-def _check_password(name: str, password: str) -> None:
+def check_password_rules(name: str, password: str) -> None:
     if password.lower() == name.lower():
         raise InvalidInput("error.password_is_name", field="password")
 
@@ -189,6 +176,22 @@ def _apply(user: User, changes: UserChanges) -> dict[str, list[object]]:
             diff[field] = [getattr(user, field), value]
             setattr(user, field, value)
     return diff
+
+
+def _keep_an_admin(session: Session, leaving: User) -> None:
+    """Refuse to remove the last enabled administrator. The rows are locked, so two
+    administrators demoting each other at once cannot both succeed (PostgreSQL reads
+    committed rows; SQLite writers are serial already)."""
+    # Lock every enabled admin, the leaving one too, always in the same order: two admins
+    # demoting each other then queue instead of deadlocking.
+    admins = session.scalars(
+        select(User.id)
+        .where(User.is_admin.is_(True), User.is_disabled.is_(False))
+        .order_by(User.id)
+        .with_for_update()
+    ).all()
+    if not [admin for admin in admins if admin != leaving.id]:
+        raise Conflict("error.last_admin")
 
 
 def _keep_project_owners(session: Session, leaving: User) -> None:
@@ -206,7 +209,7 @@ def _keep_project_owners(session: Session, leaving: User) -> None:
         raise Conflict("error.user_sole_owner", projects=", ".join(orphaned))
 
 
-def _revoke_tokens(
+def revoke_tokens(
     session: Session, user: User, *, kinds: tuple[str, ...], keep_token_id: int | None = None
 ) -> None:
     query = update(ApiToken).where(

@@ -25,6 +25,3 @@ class Actor:
     @property
     def is_admin(self) -> bool:
         return bool(self.user and self.user.is_admin)
-
-
-SYSTEM = Actor(user=None, address="")

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from suanli.core.errors import Forbidden
-from suanli.db.models import AuditEvent
+from suanli.db.models import AuditEvent, Project
 from suanli.schemas.system import AuditQuery
 from suanli.services.actor import Actor
 
@@ -18,7 +18,7 @@ def record(
     *,
     target_type: str = "",
     target: str = "",
-    project: str = "",
+    project: Project | None = None,
     result: str = "success",
     detail: dict[str, Any] | None = None,
     actor_name: str | None = None,
@@ -30,7 +30,8 @@ def record(
             action=action,
             target_type=target_type,
             target=target,
-            project=project,
+            project=project.name if project else "",
+            project_id=project.id if project else None,
             result=result,
             address=actor.address,
             detail=detail or {},
@@ -52,7 +53,14 @@ def list_events(session: Session, actor: Actor, where: AuditQuery) -> list[Audit
     if where.target:
         query = query.where(AuditEvent.target == where.target)
     if where.project:
-        query = query.where(AuditEvent.project == where.project)
+        # By id when the project exists, so its history survives renames; by name for the
+        # history of a project that no longer goes by any name.
+        project_id = session.scalar(select(Project.id).where(Project.name == where.project))
+        query = query.where(
+            AuditEvent.project_id == project_id
+            if project_id is not None
+            else AuditEvent.project == where.project
+        )
     if where.result:
         query = query.where(AuditEvent.result == where.result)
     if where.since:

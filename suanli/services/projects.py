@@ -114,13 +114,14 @@ def create_project(
     project.quota = ProjectQuota()
     project.memberships.append(Membership(user_id=owner_user.id, role=ProjectRole.owner))
     session.add(project)
+    session.flush()  # the audit event records the new project's id
     audit.record(
         session,
         actor,
         "project.create",
         target_type="project",
         target=name,
-        project=name,
+        project=project,
         detail={"owner": owner_user.name},
     )
     commit(session, "error.project_exists", name=name)
@@ -156,7 +157,7 @@ def update_project(
             "project.update",
             target_type="project",
             target=project.name,
-            project=project.name,
+            project=project,
             detail=diff,
         )
     commit(session, "error.project_exists", name=new_name or name)
@@ -169,7 +170,7 @@ def set_archived(session: Session, actor: Actor, name: str, archived: bool) -> P
     if (project.archived_at is not None) != archived:
         project.archived_at = utcnow() if archived else None
         action = "project.archive" if archived else "project.unarchive"
-        audit.record(session, actor, action, target_type="project", target=name, project=name)
+        audit.record(session, actor, action, target_type="project", target=name, project=project)
         commit(session, "error.conflict")
     return ProjectView(project, role, _member_count(session, project))
 
@@ -202,7 +203,7 @@ def add_member(
         "project.member_add",
         target_type="user",
         target=username,
-        project=name,
+        project=project,
         detail={"role": role.value},
     )
     commit(session, "error.member_exists", user=username, project=name)
@@ -224,7 +225,7 @@ def set_member_role(
             "project.member_role",
             target_type="user",
             target=username,
-            project=name,
+            project=project,
             detail={"role": [membership.role, role.value]},
         )
         membership.role = role
@@ -240,7 +241,12 @@ def remove_member(session: Session, actor: Actor, name: str, username: str) -> N
         _keep_an_owner(session, project)
     session.delete(membership)
     audit.record(
-        session, actor, "project.member_remove", target_type="user", target=username, project=name
+        session,
+        actor,
+        "project.member_remove",
+        target_type="user",
+        target=username,
+        project=project,
     )
     commit(session, "error.conflict")
 
@@ -268,7 +274,7 @@ def set_quota(session: Session, actor: Actor, name: str, changes: dict[str, Any]
             "project.quota",
             target_type="project",
             target=name,
-            project=name,
+            project=project,
             detail=diff,
         )
         commit(session, "error.conflict")
@@ -322,12 +328,15 @@ def _membership(session: Session, project: Project, username: str) -> Membership
 
 
 def _keep_an_owner(session: Session, project: Project) -> None:
-    owners = session.scalar(
-        select(func.count())
-        .select_from(Membership)
+    """Refuse to remove the last owner. The owner rows are locked, so two owners demoting
+    each other at once cannot both succeed (see accounts._keep_an_admin)."""
+    owners = session.scalars(
+        select(Membership.user_id)
         .where(Membership.project_id == project.id, Membership.role == ProjectRole.owner)
-    )
-    if (owners or 0) <= 1:
+        .order_by(Membership.user_id)
+        .with_for_update()
+    ).all()
+    if len(owners) <= 1:
         raise Conflict("error.last_owner", project=project.name)
 
 

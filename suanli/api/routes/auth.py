@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Request
 
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep, client_address
+from suanli.api.deps import CallerDep, DatabaseDep, SessionDep, SettingsDep, client_address
 from suanli.schemas.accounts import LoginRequest, LoginResponse, UserOut
 from suanli.schemas.system import Problem
 from suanli.services import auth
@@ -17,11 +17,11 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     responses={401: {"model": Problem}, 429: {"model": Problem}},
 )
 def login(
-    body: LoginRequest, request: Request, session: SessionDep, settings: SettingsDep
+    body: LoginRequest, request: Request, database: DatabaseDep, settings: SettingsDep
 ) -> LoginResponse:
     """Exchange a user name and password for a session token (sent as `Bearer <token>`)."""
     user, token, secret = auth.login(
-        session,
+        database,
         LoginPolicy.from_settings(settings),
         username=body.username,
         password=body.password,

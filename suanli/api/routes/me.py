@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from suanli.api.deps import CallerDep, SessionDep
+from suanli.api.deps import CallerDep, DatabaseDep, SessionDep, SettingsDep
 from suanli.db.models import utcnow
 from suanli.schemas.accounts import (
     MeUpdate,
@@ -15,8 +15,10 @@ from suanli.schemas.accounts import (
     TokenOut,
     UserOut,
 )
+from suanli.schemas.system import Problem
 from suanli.schemas.types import MAX_INT32
-from suanli.services import accounts, tokens
+from suanli.services import accounts, auth, tokens
+from suanli.services.auth import LoginPolicy
 
 router = APIRouter(prefix="/me", tags=["me"])
 
@@ -38,11 +40,19 @@ def update_me(body: MeUpdate, caller: CallerDep, session: SessionDep) -> UserOut
     return UserOut.model_validate(user)
 
 
-@router.post("/password", status_code=204)
-def change_password(body: PasswordChange, caller: CallerDep, session: SessionDep) -> None:
-    """Change your password. Your other login sessions end; this one and API tokens stay."""
-    accounts.change_own_password(
-        session, caller.actor, body.current_password, body.new_password, caller.token_id
+@router.post("/password", status_code=204, responses={429: {"model": Problem}})
+def change_password(
+    body: PasswordChange, caller: CallerDep, database: DatabaseDep, settings: SettingsDep
+) -> None:
+    """Change your password. Your other login sessions end; this one and API tokens stay.
+    Wrong current passwords count towards the login lock, like failed logins."""
+    auth.change_password(
+        database,
+        LoginPolicy.from_settings(settings),
+        caller.actor,
+        current=body.current_password,
+        new=body.new_password,
+        keep_token_id=caller.token_id,
     )
 
 

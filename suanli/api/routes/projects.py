@@ -12,6 +12,7 @@ from suanli.schemas.projects import (
     MemberOut,
     MemberUpdate,
     ProjectCreate,
+    ProjectListQuery,
     ProjectOut,
     ProjectUpdate,
     QuotaOut,
@@ -50,12 +51,10 @@ def _member_out(membership: Membership) -> MemberOut:
 
 @router.get("", response_model=list[ProjectOut])
 def list_projects(
-    caller: CallerDep,
-    session: SessionDep,
-    include_archived: Annotated[bool, Query()] = False,
+    query: Annotated[ProjectListQuery, Query()], caller: CallerDep, session: SessionDep
 ) -> list[ProjectOut]:
     """Projects you are a member of (administrators see all)."""
-    views = projects.list_projects(session, caller.actor, include_archived=include_archived)
+    views = projects.list_projects(session, caller.actor, include_archived=query.include_archived)
     return [_project_out(v) for v in views]
 
 

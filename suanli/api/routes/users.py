@@ -9,7 +9,6 @@ from suanli.core.names import NAME_PATTERN
 from suanli.schemas.accounts import PasswordReset, UserCreate, UserOut, UserUpdate
 from suanli.services import accounts
 from suanli.services.accounts import UserChanges
-from suanli.services.common import require_admin
 
 router = APIRouter(prefix="/users", tags=["users"])
 UserName = Annotated[str, Path(pattern=NAME_PATTERN)]
@@ -36,8 +35,7 @@ def create_user(body: UserCreate, caller: CallerDep, session: SessionDep) -> Use
 
 @router.get("/{name}", response_model=UserOut)
 def get_user(name: UserName, caller: CallerDep, session: SessionDep) -> UserOut:
-    require_admin(caller.actor)
-    return UserOut.model_validate(accounts.get_user(session, name))
+    return UserOut.model_validate(accounts.show_user(session, caller.actor, name))
 
 
 @router.patch("/{name}", response_model=UserOut)

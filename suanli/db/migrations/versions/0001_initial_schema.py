@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("target_type", sa.String(length=32), nullable=False),
         sa.Column("target", sa.String(length=128), nullable=False),
         sa.Column("project", sa.String(length=32), nullable=False),
+        sa.Column("project_id", sa.Integer(), nullable=True),
         sa.Column("result", sa.String(length=16), nullable=False),
         sa.Column("address", sa.String(length=64), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
@@ -39,6 +40,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_events_actor", ["actor"], unique=False)
         batch_op.create_index("ix_audit_events_at", ["at"], unique=False)
         batch_op.create_index("ix_audit_events_project", ["project"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_audit_events_project_id"), ["project_id"], unique=False
+        )
 
     op.create_table(
         "login_throttles",
@@ -143,6 +147,7 @@ def downgrade() -> None:
     op.drop_table("projects")
     op.drop_table("login_throttles")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_audit_events_project_id"))
         batch_op.drop_index("ix_audit_events_project")
         batch_op.drop_index("ix_audit_events_at")
         batch_op.drop_index("ix_audit_events_actor")
