@@ -316,11 +316,11 @@ async def measure(
 
 
 async def prepare(client: httpx.AsyncClient, password: str) -> None:
-    """Sign in, create the projects the list returns, and use the token once.
+    """Sign in, create the projects the list returns, and check the token reads.
 
-    The first use of a fresh token records `last_used_at` in a second, write transaction;
-    doing that once here keeps that one-off write out of the read figures (it recurs only
-    every few minutes, longer than a run).
+    A token's first use records `last_used_at` (on a GET, in a second, write transaction); the
+    seed writes do it here, so the read phases measure the steady state, where that write
+    recurs only every five minutes, longer than a phase.
     """
     login = await client.post("/api/v1/auth/login", json={"username": ADMIN, "password": password})
     login.raise_for_status()
