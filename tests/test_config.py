@@ -41,3 +41,10 @@ def test_unknown_or_bad_settings_are_refused(monkeypatch, tmp_path: Path) -> Non
     monkeypatch.setenv("SUANLI_LOG_LEVEL", "loud")
     with pytest.raises(ValidationError, match="log_level"):
         Settings()
+
+
+def test_a_weak_first_admin_password_is_refused(monkeypatch) -> None:
+    monkeypatch.delenv("SUANLI_CONFIG", raising=False)
+    monkeypatch.setenv("SUANLI_ADMIN_PASSWORD", "short")
+    with pytest.raises(ValidationError, match="admin_password"):
+        Settings()
