@@ -180,31 +180,25 @@ def _refuse_if_locked(
     locked = max((seconds_locked(_state(row), now) for row in rows), default=0)
     if not locked:
         return
-    actor_name = actor.name or username
     if throttles is None:
         with database.writing() as writer:
-            audit.record(
-                writer,
-                actor,
-                action,
-                target_type="user",
-                target=username,
-                result="locked",
-                actor_name=actor_name,
-            )
-            writer.commit()
+            _record_locked(writer, actor, action, username)
     else:
-        audit.record(
-            session,
-            actor,
-            action,
-            target_type="user",
-            target=username,
-            result="locked",
-            actor_name=actor_name,
-        )
-        session.commit()
+        _record_locked(session, actor, action, username)
     raise RateLimited("error.locked", retry_after=locked)
+
+
+def _record_locked(session: Session, actor: Actor, action: str, username: str) -> None:
+    audit.record(
+        session,
+        actor,
+        action,
+        target_type="user",
+        target=username,
+        result="locked",
+        actor_name=actor.name or username,
+    )
+    session.commit()
 
 
 def _hold_throttles(session: Session, username: str, address: str) -> dict[str, LoginThrottle]:
