@@ -1,0 +1,81 @@
+"""The backend protocol and the data it speaks.
+
+Handles are plain JSON-serialisable dicts: the controller stores them in the database before
+and after each side effect, so a restarted server can hand them back to the backend and
+re-adopt what still runs (see DESIGN.md, controllers).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from suanli.scheduler.model import Node, Placement
+
+Handle = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpus: float | None = None  # CPU quota in cores
+    memory_bytes: int | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    job_id: int
+    argv: tuple[str, ...]  # run as an argument vector, never through a shell of user strings
+    workdir: Path
+    env: dict[str, str]
+    placement: Placement
+    limits: Limits
+    log_path: Path  # stdout and stderr, appended; survives the job
+    state_dir: Path  # the backend's own files for this job (exit status, pid, ...)
+    run_as: str | None = None  # Unix user; None runs as the server's user
+    max_duration: float | None = None  # seconds; the backend ends the job as "timeout"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a workload ended. `reason`: exit_code | signal | oom | timeout | cancelled |
+    preempted | lost (the backend cannot tell: process gone, no status written)."""
+
+    reason: str
+    exit_code: int | None = None
+    signal: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    exit: ExitStatus | None = None  # set when not running
+    # Limits the backend could not apply (e.g. no cgroup controller), said in plain words.
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    name: str
+
+    def inventory(self) -> tuple[Node, ...]:
+        """The nodes and devices this backend can run on, as the scheduler models them."""
+        ...
+
+    def launch(self, spec: LaunchSpec) -> Handle:
+        """Start the workload and return at once with its handle."""
+        ...
+
+    def poll(self, handle: Handle) -> Status:
+        """Is it still running; if not, how did it end. Works on handles from earlier runs of
+        the server (re-adoption)."""
+        ...
+
+    def stop(self, handle: Handle, *, reason: str, grace_seconds: float) -> None:
+        """SIGTERM, wait up to the grace period, then SIGKILL. `reason` (cancelled,
+        preempted, timeout) is what poll() reports afterwards. Must not block the caller for
+        the grace period: the kill happens in the background or in a later poll."""
+        ...
+
+    def warnings(self, handle: Handle) -> tuple[str, ...]:
+        """Limits that could not be applied to this workload, in plain words."""
+        ...
