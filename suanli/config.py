@@ -6,7 +6,7 @@ The embedded default needs no settings at all: state lives in SQLite under the d
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +19,17 @@ DEFAULT_PORT = 8686
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "suanli"
+
+
+class SimulatedGpus(BaseModel):
+    """Devices declared for a machine without a GPU driver (demos, tests). They go through
+    the same code paths as real GPUs and are shown as simulated everywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1, le=64)
+    model: str = "Simulated GPU"
+    memory_bytes: int = Field(80 * 2**30, ge=2**30)
 
 
 class Settings(BaseSettings):
@@ -53,6 +64,10 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = Field(20, ge=1)
     login_failure_window_seconds: int = Field(900, ge=1)
     login_lockout_seconds: int = Field(900, ge=1)
+
+    # e.g. SUANLI_SIMULATED_GPUS='[{"count": 4, "model": "A100", "memory_bytes": 85899345920}]'
+    # Used only where NVML finds no GPU.
+    simulated_gpus: list[SimulatedGpus] = Field(default_factory=list)
 
     log_level: str = "info"
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from suanli.scheduler.model import Node, Placement
+from suanli.gpu.model import Host
+from suanli.scheduler.model import Placement
 
 Handle = dict[str, Any]
 
@@ -57,8 +58,8 @@ class Status:
 class Backend(Protocol):
     name: str
 
-    def inventory(self) -> tuple[Node, ...]:
-        """The nodes and devices this backend can run on, as the scheduler models them."""
+    def inventory(self) -> tuple[Host, ...]:
+        """The hosts (nodes) and devices this backend can run on."""
         ...
 
     def launch(self, spec: LaunchSpec) -> Handle:
