@@ -12,8 +12,12 @@ from fastapi import APIRouter, FastAPI
 
 from suanli import __version__
 from suanli.api import problems
-from suanli.api.routes import audit, auth, health, me, projects, users
+from suanli.api.routes import audit, auth, health, jobs, me, nodes, projects, users
+from suanli.backends.base import Backend
 from suanli.config import Settings
+from suanli.controllers.inventory import InventoryController
+from suanli.controllers.loop import Loop
+from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.services import accounts
@@ -22,12 +26,41 @@ from suanli.web import docs
 API_PREFIX = "/api/v1"
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
+class Runtime:
+    """The backend and the controller loops of a serving process."""
+
+    def __init__(self, settings: Settings, database: Database, backend: Backend):
+        self.inventory = InventoryController(database, backend)
+        self.loops = [Loop(self.inventory), Loop(WorkloadController(settings, database, backend))]
+
+    def start(self) -> None:
+        self.inventory.tick()  # know the nodes before the first submit is checked against them
+        for loop in self.loops:
+            loop.start()
+
+    def wake(self) -> None:
+        for loop in self.loops[1:]:
+            loop.wake()
+
+    def stop(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+
+
+def create_app(
+    settings: Settings, database: Database | None = None, runtime: Runtime | None = None
+) -> FastAPI:
+    """The application. Without a runtime (tests that only walk the API) nothing runs work:
+    submitted jobs stay pending."""
     database = database or Database(settings.effective_database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            runtime.start()
         yield
+        if runtime is not None:
+            runtime.stop()
         database.dispose()
 
     app = FastAPI(
@@ -40,10 +73,11 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.wake = runtime.wake if runtime is not None else lambda: None
     problems.install(app)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
-    for module in (auth, me, users, projects, audit):
+    for module in (auth, me, users, projects, audit, jobs, nodes):
         api.include_router(module.router)
     api.include_router(health.router)
     app.include_router(api)

@@ -19,8 +19,10 @@ from suanli.services.accounts import get_user
 EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # Rules across fields or against stored state, which JSON Schema cannot state: a schema-valid
 # body may rightly get 422 here (the wrong current password, a password equal to the user
-# name, a quota whose maximum is below its guarantee).
+# name, a quota whose maximum is below its guarantee, a job no node could ever run, a job
+# with both a command and a script).
 RULES_BEYOND_THE_SCHEMA = {
+    "POST /api/v1/jobs",
     "POST /api/v1/me/password",
     "POST /api/v1/users",
     "POST /api/v1/users/{name}/password",

@@ -12,7 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from suanli import __version__
-from suanli.cli import audit, config, projects, tokens, users
+from suanli.cli import audit, config, jobs, nodes, projects, tokens, users
 from suanli.cli.output import (
     JsonOption,
     fail,
@@ -39,6 +39,11 @@ app.add_typer(projects.app, name="projects")
 app.add_typer(projects.members_app, name="members")
 app.add_typer(projects.quota_app, name="quota")
 app.command("audit")(audit.audit)
+app.command("run", context_settings={"allow_interspersed_args": False})(jobs.run)
+app.command("submit")(jobs.submit)
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(nodes.nodes_app, name="nodes")
+app.add_typer(nodes.gpus_app, name="gpus")
 
 
 @app.command()
@@ -51,7 +56,8 @@ def server(
     ] = None,
 ) -> None:
     """Start the Suanli server (SQLite in the data directory unless a database URL is set)."""
-    from suanli.app import create_app, prepare
+    from suanli.app import Runtime, create_app, prepare
+    from suanli.backends.local.backend import LocalBackend
     from suanli.config import Settings
     from suanli.db.engine import Database
 
@@ -80,8 +86,9 @@ def server(
         say("cli.server_admin_generated", name=settings.admin_username, password=generated)
     say("cli.server_login", url=url, name=settings.admin_username)
     sys.stdout.flush()
+    runtime = Runtime(settings, database, LocalBackend(settings))
     uv = uvicorn.Config(
-        create_app(settings, database),
+        create_app(settings, database, runtime),
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
         proxy_headers=bool(settings.forwarded_allow_ips),

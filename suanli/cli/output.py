@@ -69,7 +69,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     for column in columns:
         grid.add_column(t(f"cli.col.{column}"))
     for row in rows:
-        grid.add_row(*(Text(cell(value)) for value in row))
+        grid.add_row(*(value if isinstance(value, Text) else Text(cell(value)) for value in row))
     console().print(grid)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -9,8 +11,10 @@ from pydantic import TypeAdapter
 
 from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
+from suanli.schemas.jobs import JobDetailOut, JobListQuery, JobOut, JobSpec
+from suanli.schemas.nodes import GpuOut, NodeOut
 from suanli.schemas.projects import MemberOut, ProjectOut, QuotaOut
-from suanli.schemas.system import AuditEventOut, AuditQuery, Problem, VersionOut
+from suanli.schemas.system import AuditEventOut, AuditQuery, LogChunkOut, Problem, VersionOut
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -53,6 +57,8 @@ class Client:
         self.tokens = Tokens(self)
         self.projects = Projects(self)
         self.audit = Audit(self)
+        self.jobs = Jobs(self)
+        self.nodes = Nodes(self)
 
     def __enter__(self) -> Client:
         return self
@@ -275,6 +281,74 @@ class Audit(_Group):
         query = query or AuditQuery(**filters)
         params = query.model_dump(mode="json", exclude_none=True)
         return self._client.get("audit", list[AuditEventOut], **params)
+
+
+class Jobs(_Group):
+    def submit(self, spec: JobSpec | dict[str, Any]) -> JobDetailOut:
+        """Submit a job spec (the same schema as a YAML job file)."""
+        body = (
+            spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, JobSpec) else spec
+        )
+        return JobDetailOut.model_validate(self._client.request("POST", "jobs", json=body))
+
+    def list(self, query: JobListQuery | None = None, **filters: Any) -> list[JobOut]:
+        """Newest first. Filters: `project`, `user`, `state` (also `active`, `finished`),
+        `limit`."""
+        query = query or JobListQuery(**filters)
+        params = query.model_dump(mode="json", exclude_none=True)
+        return self._client.get("jobs", list[JobOut], **params)
+
+    def get(self, job_id: int) -> JobDetailOut:
+        return self._client.get(f"jobs/{job_id}", JobDetailOut)
+
+    def cancel(self, job_id: int) -> JobDetailOut:
+        return JobDetailOut.model_validate(self._client.request("POST", f"jobs/{job_id}/cancel"))
+
+    def resubmit(self, job_id: int) -> JobDetailOut:
+        data = self._client.request("POST", f"jobs/{job_id}/resubmit")
+        return JobDetailOut.model_validate(data)
+
+    def logs(self, job_id: int, *, offset: int = 0, tail: int | None = None) -> LogChunkOut:
+        return self._client.get(f"jobs/{job_id}/logs", LogChunkOut, offset=offset, tail=tail)
+
+    def follow(
+        self, job_id: int, *, tail: int | None = None, poll_seconds: float = 0.5
+    ) -> Iterator[str]:
+        """Yield the job's output as it arrives, until the job has ended."""
+        chunk = self.logs(job_id, tail=tail)
+        while True:
+            if chunk.text:
+                yield chunk.text
+            if chunk.finished and not chunk.text:
+                return
+            if not chunk.text:
+                time.sleep(poll_seconds)
+            chunk = self.logs(job_id, offset=chunk.next_offset)
+
+
+class Nodes(_Group):
+    def list(self) -> list[NodeOut]:
+        return self._client.get("nodes", list[NodeOut])
+
+    def drain(self, name: str, reason: str = "") -> NodeOut:
+        body = {"schedulable": False, "reason": reason}
+        return NodeOut.model_validate(self._client.request("PATCH", f"nodes/{name}", json=body))
+
+    def undrain(self, name: str) -> NodeOut:
+        body = {"schedulable": True}
+        return NodeOut.model_validate(self._client.request("PATCH", f"nodes/{name}", json=body))
+
+    def update_gpu(
+        self,
+        uuid: str,
+        *,
+        schedulable: bool | None = None,
+        shared: bool | None = None,
+        reason: str = "",
+    ) -> GpuOut:
+        """Drain/undrain a GPU (schedulable) or make it shared/exclusive (administrators)."""
+        body = _given(schedulable=schedulable, shared=shared, reason=reason)
+        return GpuOut.model_validate(self._client.request("PATCH", f"gpus/{uuid}", json=body))
 
 
 def _given(**fields: Any) -> dict[str, Any]:

@@ -182,3 +182,114 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Node(Base):
+    """A host that runs workloads, as its backend last reported it, plus the administrators'
+    choices about it."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    disk_total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_free_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    driver: Mapped[str] = mapped_column(String(64), default="")
+    schedulable: Mapped[bool] = mapped_column(Boolean, default=True)
+    drain_reason: Mapped[str] = mapped_column(String(500), default="")
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    gpus: Mapped[list["GpuDevice"]] = relationship(
+        back_populates="node", cascade="all, delete-orphan", order_by="GpuDevice.index"
+    )
+
+
+class GpuDevice(Base):
+    """A GPU or a MIG instance of one: each is a schedulable device."""
+
+    __tablename__ = "gpus"
+
+    uuid: Mapped[str] = mapped_column(String(96), primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(128))
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    pci_bus_id: Mapped[str] = mapped_column(String(32), default="")
+    numa_node: Mapped[int] = mapped_column(Integer, default=0)
+    topology_group: Mapped[str] = mapped_column(String(64), default="")
+    mig_profile: Mapped[str | None] = mapped_column(String(32), default=None)
+    parent_uuid: Mapped[str | None] = mapped_column(String(96), default=None)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Administrators' choices: drained devices take no new work; shared ones take fractions.
+    schedulable: Mapped[bool] = mapped_column(Boolean, default=True)
+    drain_reason: Mapped[str] = mapped_column(String(500), default="")
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False when the last inventory no longer found it (a GPU lost from NVML).
+    present: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    node: Mapped[Node] = relationship(back_populates="gpus")
+
+
+class Job(Base):
+    """A workload. `kind` is "job" for now; dev environments and services share the model."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_project_state", "project_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="job")
+    name: Mapped[str] = mapped_column(String(128), default="")
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    user_name: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    # GPUs counted against quotas: whole GPUs, or the share of one for a fraction.
+    gpus: Mapped[float] = mapped_column(Float, default=0.0)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    pending_code: Mapped[str] = mapped_column(String(64), default="")
+    pending_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pending_position: Mapped[int] = mapped_column(Integer, default=0)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Set when someone asked it to stop: cancelled | preempted; the controller acts on it.
+    stop_reason: Mapped[str] = mapped_column(String(16), default="")
+    stop_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    exit_reason: Mapped[str] = mapped_column(String(16), default="")
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    exit_signal: Mapped[int | None] = mapped_column(Integer, default=None)
+    exit_detail: Mapped[str] = mapped_column(String(2000), default="")
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    project: Mapped[Project] = relationship()
+    events: Mapped[list["JobEvent"]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        order_by="JobEvent.id",
+        passive_deletes=True,
+    )
+
+
+class JobEvent(Base):
+    """The state history of a job, with timestamps: what the job page shows as its timeline."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(2000), default="")
+
+    job: Mapped[Job] = relationship(back_populates="events")

@@ -66,3 +66,9 @@ class Problem(BaseModel):
     detail: str
     instance: str = ""
     errors: list[FieldProblem] = []
+
+
+class LogChunkOut(BaseModel):
+    text: str
+    next_offset: int
+    finished: bool

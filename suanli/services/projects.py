@@ -139,7 +139,7 @@ def update_project(
     description: str | None = None,
 ) -> ProjectView:
     project, role = access(session, actor, name, ProjectRole.owner)
-    _writable(project)
+    writable(project)
     diff: dict[str, list[Any]] = {}
     if new_name is not None and new_name != project.name:
         if session.scalar(select(Project.id).where(Project.name == new_name)) is not None:
@@ -190,7 +190,7 @@ def add_member(
     session: Session, actor: Actor, name: str, username: str, role: ProjectRole
 ) -> Membership:
     project, _ = access(session, actor, name, ProjectRole.owner)
-    _writable(project)
+    writable(project)
     user = get_user(session, username)
     if session.get(Membership, (project.id, user.id)) is not None:
         raise Conflict("error.member_exists", user=username, project=name)
@@ -214,7 +214,7 @@ def set_member_role(
     session: Session, actor: Actor, name: str, username: str, role: ProjectRole
 ) -> Membership:
     project, _ = access(session, actor, name, ProjectRole.owner)
-    _writable(project)
+    writable(project)
     membership = _membership(session, project, username)
     if membership.role != role:
         if membership.role == ProjectRole.owner:
@@ -235,7 +235,7 @@ def set_member_role(
 
 def remove_member(session: Session, actor: Actor, name: str, username: str) -> None:
     project, _ = access(session, actor, name, ProjectRole.owner)
-    _writable(project)
+    writable(project)
     membership = _membership(session, project, username)
     if membership.role == ProjectRole.owner:
         _keep_an_owner(session, project)
@@ -260,7 +260,7 @@ def set_quota(session: Session, actor: Actor, name: str, changes: dict[str, Any]
     """Change the given quota fields; None lifts a limit. Only administrators set quotas."""
     require_admin(actor)
     project, _ = access(session, actor, name)
-    _writable(project)
+    writable(project)
     quota = project.quota
     merged = {f: changes.get(f, getattr(quota, f)) for f in QUOTA_FIELDS}
     check_quota(merged)
@@ -340,6 +340,6 @@ def _keep_an_owner(session: Session, project: Project) -> None:
         raise Conflict("error.last_owner", project=project.name)
 
 
-def _writable(project: Project) -> None:
+def writable(project: Project) -> None:
     if project.archived_at is not None:
         raise Conflict("error.project_archived", project=project.name)

@@ -1,0 +1,122 @@
+"""Submit → process started latency and submissions per second on the local backend.
+
+Each job is `date +%s.%N`: its output is the moment the process really ran, read back from
+its log; latency = that moment − the moment the client began the submit request (one clock:
+everything runs on this machine). A submit wakes the scheduler at once; there is no polling
+delay to wait out. Bounded: N sequential jobs, then a burst of M concurrent submits.
+
+    python bench/submit_latency.py --jobs 50 --burst 200
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from suanli.client import Client
+
+PASSWORD = "bench-password-1"
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {
+        **os.environ,
+        "SUANLI_ADMIN_PASSWORD": PASSWORD,
+        "SUANLI_LOG_LEVEL": "warning",
+        "SUANLI_SIMULATED_GPUS": json.dumps([{"count": 8, "model": "A100"}]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "suanli", "server", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "http://" in line:
+            return process, "http://" + line.split("http://", 1)[1].split()[0]
+    raise RuntimeError("server did not start")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def started_at(client: Client, job_id: int, timeout: float = 30) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = client.jobs.logs(job_id).text.strip()
+        if text:
+            return float(text.split()[0])
+        time.sleep(0.005)
+    raise TimeoutError(f"job {job_id} did not print")
+
+
+def measure(url: str, jobs: int, burst: int) -> dict[str, float]:
+    with Client(url) as client:
+        client.login("admin", PASSWORD)
+        client.projects.create("bench")
+        spec = {"project": "bench", "command": ["date", "+%s.%N"], "resources": {"memory": "64Mi"}}
+        latencies = []
+        for _ in range(jobs):
+            begin = time.time()
+            job = client.jobs.submit(spec)
+            latencies.append(started_at(client, job.id) - begin)
+            while client.jobs.get(job.id).state not in ("succeeded", "failed"):
+                time.sleep(0.005)
+        token = client.token
+
+    def submit(_: int) -> None:
+        with Client(url, token) as one:
+            one.jobs.submit(spec)
+
+    begin = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(submit, range(burst)))
+    rate = burst / (time.monotonic() - begin)
+    return {
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "mean_ms": statistics.mean(latencies) * 1000,
+        "max_ms": max(latencies) * 1000,
+        "submits_per_s": rate,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=50, help="sequential jobs timed")
+    parser.add_argument("--burst", type=int, default=200, help="concurrent submits timed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        process, url = start_server(Path(folder) / "data")
+        try:
+            result = measure(url, args.jobs, args.burst)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    print(f"jobs {args.jobs}, burst {args.burst}, {os.cpu_count()} CPUs")
+    print("| submit→started p50 ms | p99 ms | mean ms | max ms | submits/s (16 clients) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {result['p50_ms']:.0f} | {result['p99_ms']:.0f} | {result['mean_ms']:.0f} | "
+        f"{result['max_ms']:.0f} | {result['submits_per_s']:.0f} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Jobs: submit, list, show, cancel, resubmit, logs."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+
+from suanli.api.deps import CallerDep, SessionDep, SettingsDep
+from suanli.api.problems import language_of
+from suanli.controllers.workloads import log_path
+from suanli.db.models import Job
+from suanli.i18n import translate
+from suanli.schemas.jobs import (
+    EventOut,
+    ExitOut,
+    GpuShareOut,
+    JobDetailOut,
+    JobListQuery,
+    JobOut,
+    JobSpec,
+    LogQuery,
+    PendingOut,
+    PlacementOut,
+)
+from suanli.schemas.system import LogChunkOut
+from suanli.schemas.types import MAX_INT32
+from suanli.services import jobs
+from suanli.services.nodes import scheduler_nodes
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+
+
+def job_out(job: Job, language: str) -> JobOut:
+    pending = None
+    if job.state == "pending" and job.pending_code:
+        message = translate(
+            f"reason.{job.pending_code}",
+            language,
+            position=job.pending_position,
+            **job.pending_params,
+        )
+        pending = PendingOut(code=job.pending_code, message=message, position=job.pending_position)
+    exit_ = None
+    if job.exit_reason:
+        exit_ = ExitOut(
+            reason=job.exit_reason,
+            exit_code=job.exit_code,
+            signal=job.exit_signal,
+            detail=job.exit_detail,
+            message=translate(
+                f"exit.{job.exit_reason}",
+                language,
+                code=job.exit_code,
+                signal=job.exit_signal,
+                detail=job.exit_detail,
+            ),
+        )
+    placement = None
+    if job.placement:
+        placement = PlacementOut(
+            node=job.placement["node"],
+            gpus=[GpuShareOut(**gpu) for gpu in job.placement.get("gpus", [])],
+        )
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        project=job.project.name,
+        user=job.user_name,
+        state=job.state,
+        priority=job.priority,
+        gpus=job.gpus,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        pending=pending,
+        exit=exit_,
+        placement=placement,
+        warnings=list(job.warnings or []),
+    )
+
+
+def detail_out(job: Job, language: str) -> JobDetailOut:
+    return JobDetailOut(
+        **job_out(job, language).model_dump(),
+        spec=job.spec,
+        history=[EventOut(at=e.at, state=e.state, detail=e.detail) for e in job.events],
+    )
+
+
+@router.post("", response_model=JobDetailOut, status_code=201)
+def submit(spec: JobSpec, request: Request, caller: CallerDep, session: SessionDep) -> JobDetailOut:
+    """Submit a job. One that no node could ever run is refused (422, naming the resource);
+    one above the project's quota is accepted and waits, saying why."""
+    job = jobs.submit(session, caller.actor, spec, scheduler_nodes(session))
+    request.app.state.wake()
+    return detail_out(job, language_of(request))
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(
+    query: Annotated[JobListQuery, Query()],
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+) -> list[JobOut]:
+    """Newest first, from the projects you belong to; `state` also takes `active` and
+    `finished`."""
+    language = language_of(request)
+    return [job_out(job, language) for job in jobs.list_jobs(session, caller.actor, query)]
+
+
+@router.get("/{job_id}", response_model=JobDetailOut)
+def show(job_id: JobId, request: Request, caller: CallerDep, session: SessionDep) -> JobDetailOut:
+    return detail_out(jobs.get_job(session, caller.actor, job_id), language_of(request))
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetailOut)
+def cancel(job_id: JobId, request: Request, caller: CallerDep, session: SessionDep) -> JobDetailOut:
+    """Cancel: a pending job ends at once, a running one gets SIGTERM, a grace period, then
+    SIGKILL."""
+    job = jobs.cancel(session, caller.actor, job_id)
+    request.app.state.wake()
+    return detail_out(job, language_of(request))
+
+
+@router.post("/{job_id}/resubmit", response_model=JobDetailOut, status_code=201)
+def resubmit(
+    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep
+) -> JobDetailOut:
+    """Submit the same spec again, as you."""
+    job = jobs.resubmit(session, caller.actor, job_id, scheduler_nodes(session))
+    request.app.state.wake()
+    return detail_out(job, language_of(request))
+
+
+@router.get("/{job_id}/logs", response_model=LogChunkOut)
+def logs(
+    job_id: JobId,
+    query: Annotated[LogQuery, Query()],
+    caller: CallerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> LogChunkOut:
+    """Output from `offset` (or the last `tail` lines). Follow a job by asking again from
+    `next_offset` until `finished` is true; logs stay after the job ends."""
+    chunk = jobs.read_log(
+        session,
+        caller.actor,
+        job_id,
+        log_path(settings, job_id),
+        offset=query.offset,
+        limit=query.limit,
+        tail=query.tail,
+    )
+    return LogChunkOut(text=chunk.text, next_offset=chunk.next_offset, finished=chunk.finished)

@@ -1,0 +1,77 @@
+"""Nodes and GPUs: everyone signed in sees them; administrators drain and share."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from sqlalchemy import select
+
+from suanli.api.deps import CallerDep, SessionDep
+from suanli.core.states import ACTIVE
+from suanli.db.models import Job, Node
+from suanli.schemas.nodes import GpuOut, GpuUpdate, NodeOut, NodeUpdate
+from suanli.services import nodes
+
+router = APIRouter(tags=["nodes"])
+NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
+GpuUuid = Annotated[str, Path(max_length=96, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
+    return NodeOut(
+        name=node.name,
+        backend=node.backend,
+        cpus=node.cpus,
+        memory_bytes=node.memory_bytes,
+        disk_total_bytes=node.disk_total_bytes,
+        disk_free_bytes=node.disk_free_bytes,
+        driver=node.driver,
+        schedulable=node.schedulable,
+        drain_reason=node.drain_reason,
+        seen_at=node.seen_at,
+        gpus=[
+            GpuOut.model_validate(gpu).model_copy(update={"used_by": users.get(gpu.uuid, [])})
+            for gpu in node.gpus
+        ],
+    )
+
+
+def _gpu_users(session: SessionDep) -> dict[str, list[str]]:
+    """Which jobs hold each GPU now, as "project/user#id"."""
+    users: dict[str, list[str]] = {}
+    for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE))):
+        for gpu in (job.placement or {}).get("gpus", []):
+            users.setdefault(gpu["uuid"], []).append(f"{job.user_name}#{job.id}")
+    return users
+
+
+@router.get("/nodes", response_model=list[NodeOut])
+def list_nodes(caller: CallerDep, session: SessionDep) -> list[NodeOut]:
+    users = _gpu_users(session)
+    return [_node_out(node, users) for node in nodes.list_nodes(session)]
+
+
+@router.patch("/nodes/{name}", response_model=NodeOut)
+def update_node(
+    name: NodeName, body: NodeUpdate, caller: CallerDep, session: SessionDep
+) -> NodeOut:
+    """Drain (schedulable=false, with a reason) or undrain a node (administrators). Running
+    work is not stopped; nothing new starts there."""
+    node = nodes.set_node(
+        session, caller.actor, name, schedulable=body.schedulable, reason=body.reason
+    )
+    return _node_out(node, _gpu_users(session))
+
+
+@router.patch("/gpus/{uuid}", response_model=GpuOut)
+def update_gpu(uuid: GpuUuid, body: GpuUpdate, caller: CallerDep, session: SessionDep) -> GpuOut:
+    """Drain or undrain a GPU, or make it shared (takes fractions) or exclusive
+    (administrators)."""
+    gpu = nodes.set_gpu(
+        session,
+        caller.actor,
+        uuid,
+        schedulable=body.schedulable,
+        reason=body.reason,
+        shared=body.shared,
+    )
+    return GpuOut.model_validate(gpu)

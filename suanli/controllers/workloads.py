@@ -1,0 +1,329 @@
+"""The workload controller: follows running jobs, stops what was asked to stop, schedules,
+and launches what the scheduler admitted.
+
+Each side effect is bracketed by database writes: a job is `starting` (and its attempt
+counted) before the backend launches it, and gets its handle right after. A server killed in
+between finds a `starting` job without a handle and fails it as lost instead of launching it
+a second time.
+"""
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from suanli.backends.base import Backend, ExitStatus, LaunchSpec, Limits
+from suanli.config import Settings
+from suanli.core.states import ACTIVE, State
+from suanli.db.engine import Database
+from suanli.db.models import Job, JobEvent, Project, utcnow
+from suanli.scheduler import decayed_usage, gpu_charge, schedule
+from suanli.scheduler import model as sched
+from suanli.schemas.jobs import JobSpec
+from suanli.services.jobs import PRIORITIES, move, request_of
+from suanli.services.nodes import scheduler_nodes
+
+log = logging.getLogger("suanli.controllers.workloads")
+
+STOP_GRACE_SECONDS = 10.0
+USAGE_HALF_LIFE = 7 * 86400.0
+
+
+def job_dir(settings: Settings, job_id: int) -> Path:
+    return settings.data_dir / "jobs" / str(job_id)
+
+
+def log_path(settings: Settings, job_id: int) -> Path:
+    return job_dir(settings, job_id) / "output.log"
+
+
+class WorkloadController:
+    name = "workloads"
+    interval = 2.0
+
+    def __init__(self, settings: Settings, database: Database, backend: Backend):
+        self.settings = settings
+        self.database = database
+        self.backend = backend
+        self.usage: dict[str, float] = {}
+        self._last_tick: float | None = None
+
+    def tick(self) -> None:
+        self.follow()
+        self.send_stops()
+        for job_id in self.schedule():
+            self.launch(job_id)
+
+    # 1. Follow what runs: re-adopts jobs after a restart, records how they ended.
+    def follow(self) -> None:
+        with self.database.reading() as session:
+            rows = session.execute(
+                select(Job.id, Job.handle).where(Job.state.in_([State.starting, State.running]))
+            ).all()
+        for job_id, handle in rows:
+            status = self.backend.poll(handle) if handle else None
+            with self.database.writing() as session:
+                job = _load(session, job_id)
+                if job is None or job.state not in (State.starting, State.running):
+                    continue
+                if status is None:
+                    self._ended(
+                        job,
+                        ExitStatus(
+                            "lost",
+                            detail="the server stopped while "
+                            "launching it; it was not started again",
+                        ),
+                    )
+                elif status.running:
+                    if list(status.warnings) != list(job.warnings):
+                        job.warnings = list(status.warnings)
+                else:
+                    self._ended(job, status.exit or ExitStatus("lost", detail="no exit status"))
+                session.commit()
+
+    def _ended(self, job: Job, exit: ExitStatus) -> None:
+        job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
+        job.exit_detail = exit.detail[:2000]
+        retries = int(job.spec.get("retries", 0))
+        stop = job.stop_reason
+        if stop == "cancelled":
+            move(job, State.cancelled, "cancelled")
+            job.exit_reason = "cancelled"
+        elif exit.reason == "exit_code" and exit.exit_code == 0 and not stop:
+            move(job, State.succeeded, "exit code 0")
+        elif job.attempts <= retries and exit.reason != "cancelled":
+            reason = "preempted" if stop == "preempted" else exit.reason
+            self._requeue(job, f"{reason}; attempt {job.attempts} of {retries + 1}, queued again")
+        else:
+            if stop == "preempted":
+                job.exit_reason = "preempted"
+            move(job, State.failed, _describe(job))
+
+    def _requeue(self, job: Job, detail: str) -> None:
+        job.handle, job.placement, job.stop_reason, job.stop_sent_at = None, None, "", None
+        move(job, State.pending, detail)
+
+    # 2. Stops asked for by users (cancel) or by the scheduler (preemption).
+    def send_stops(self) -> None:
+        with self.database.writing() as session:
+            jobs = session.scalars(
+                select(Job).where(
+                    Job.stop_reason != "", Job.stop_sent_at.is_(None), Job.state.in_(ACTIVE)
+                )
+            ).all()
+            for job in jobs:
+                if job.handle is None:  # admitted, not launched yet: nothing to stop
+                    if job.stop_reason == "cancelled":
+                        job.exit_reason = "cancelled"
+                        move(job, State.cancelled, "cancelled before it started")
+                    else:
+                        self._requeue(job, "preempted before it started")
+                    continue
+                self.backend.stop(
+                    job.handle, reason=job.stop_reason, grace_seconds=STOP_GRACE_SECONDS
+                )
+                job.stop_sent_at = utcnow()
+                job.events.append(JobEvent(state=job.state, detail=f"stopping: {job.stop_reason}"))
+            session.commit()
+
+    # 3. Decide: one scheduler cycle over a snapshot of the database.
+    def schedule(self) -> list[int]:
+        now = time.time()
+        with self.database.writing() as session:
+            active = session.scalars(
+                select(Job)
+                .where(Job.state.in_([State.pending, *ACTIVE]))
+                .options(selectinload(Job.project))
+            ).all()
+            pending = [j for j in active if j.state == State.pending and not j.stop_reason]
+            running = [j for j in active if j.state in ACTIVE and j.placement]
+            by_id = {job.id: job for job in active}
+            running_workloads = tuple(_workload(job) for job in running)
+            nodes = scheduler_nodes(session)
+            if self._last_tick is not None:
+                self.usage = decayed_usage(
+                    self.usage,
+                    running_workloads,
+                    elapsed=now - self._last_tick,
+                    half_life=USAGE_HALF_LIFE,
+                    nodes=nodes,
+                )
+            self._last_tick = now
+            memory_of = {d.id: d.memory_bytes for node in nodes for d in node.devices}
+            snapshot = sched.Snapshot(
+                now=now,
+                nodes=nodes,
+                quotas=_quotas(session),
+                pending=tuple(_workload(job) for job in pending),
+                running=running_workloads,
+                usage=self.usage,
+            )
+            decisions = schedule(snapshot)
+            admitted = []
+            for admission in decisions.admit:
+                job = by_id[admission.workload]
+                job.placement = _placement_dict(admission.placement)
+                devices = admission.placement.devices if admission.placement else ()
+                job.gpus = gpu_charge(
+                    request_of(JobSpec.model_validate(job.spec)),
+                    memory_of.get(devices[0].device) if devices else None,
+                )
+                job.pending_code, job.pending_params, job.pending_position = "", {}, 0
+                move(job, State.admitted, _placement_text(admission.placement))
+                admitted.append(job.id)
+            for preemption in decisions.preempt:
+                victim = by_id[preemption.victim]
+                if not victim.stop_reason:
+                    victim.stop_reason = "preempted"
+                    victim.events.append(
+                        JobEvent(
+                            state=victim.state, detail=f"preempted for job {preemption.beneficiary}"
+                        )
+                    )
+            for job_id, reason in decisions.pending.items():
+                job = by_id[job_id]
+                params = dict(reason.params)
+                if (job.pending_code, job.pending_params, job.pending_position) != (
+                    reason.code,
+                    params,
+                    reason.position,
+                ):
+                    job.pending_code, job.pending_params = reason.code, params
+                    job.pending_position = reason.position
+            session.commit()
+        return admitted
+
+    # 4. Act: launch, with the attempt written down before and the handle right after.
+    def launch(self, job_id: int) -> None:
+        with self.database.writing() as session:
+            job = _load(session, job_id)
+            if job is None or job.state != State.admitted:
+                return
+            job.attempts += 1
+            move(job, State.starting, f"attempt {job.attempts}")
+            session.commit()
+            spec = self._launch_spec(job)
+        try:
+            handle = self.backend.launch(spec)
+        except Exception as error:  # a launch error fails this attempt, it does not crash us
+            log.exception("launching job %s failed", job_id)
+            with self.database.writing() as session:
+                job = _load(session, job_id)
+                if job is not None:
+                    self._ended(job, ExitStatus("launch_error", detail=str(error)))
+                    session.commit()
+            return
+        with self.database.writing() as session:
+            job = _load(session, job_id)
+            if job is None:
+                return
+            job.handle = handle
+            job.started_at = utcnow()
+            job.warnings = list(self.backend.warnings(handle))
+            move(job, State.running, "process started")
+            session.commit()
+
+    def _launch_spec(self, job: Job) -> LaunchSpec:
+        spec = JobSpec.model_validate(job.spec)
+        folder = job_dir(self.settings, job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.script is not None:
+            script = folder / "script.sh"
+            script.write_text(spec.script, encoding="utf-8")
+            argv: tuple[str, ...] = ("/bin/bash", str(script))
+        else:
+            argv = tuple(spec.command or ())
+        workdir = Path(spec.workdir) if spec.workdir else folder
+        placement = _placement(job.placement)
+        return LaunchSpec(
+            job_id=job.id,
+            argv=argv,
+            workdir=workdir,
+            env={**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name},
+            placement=placement,
+            limits=Limits(cpus=spec.resources.cpus, memory_bytes=spec.resources.memory),
+            log_path=log_path(self.settings, job.id),
+            state_dir=folder / f"attempt-{job.attempts}",
+            max_duration=spec.max_duration,
+        )
+
+
+def _load(session: Session, job_id: int) -> Job | None:
+    return session.get(Job, job_id, options=[selectinload(Job.project)])
+
+
+def _workload(job: Job) -> sched.Workload:
+    spec = JobSpec.model_validate(job.spec)
+    return sched.Workload(
+        id=job.id,
+        project=job.project.name,
+        user=job.user_name,
+        request=request_of(spec),
+        priority=PRIORITIES[job.priority],
+        submitted_at=job.submitted_at.timestamp(),
+        preemptible=spec.preemptible,
+        max_duration=float(spec.max_duration) if spec.max_duration else None,
+        started_at=job.started_at.timestamp() if job.started_at else None,
+        placement=_placement(job.placement) if job.placement else None,
+    )
+
+
+def _quotas(session: Session) -> dict[str, sched.Quota]:
+    projects = session.scalars(
+        select(Project).where(Project.archived_at.is_(None)).options(selectinload(Project.quota))
+    ).all()
+    return {
+        p.name: sched.Quota(
+            project=p.name,
+            guaranteed_gpus=p.quota.guaranteed_gpus,
+            max_gpus=p.quota.max_gpus,
+            max_gpus_per_user=p.quota.max_gpus_per_user,
+            cpus=p.quota.cpus,
+            memory_bytes=p.quota.memory_bytes,
+        )
+        for p in projects
+    }
+
+
+def _placement_dict(placement: sched.Placement | None) -> dict[str, Any] | None:
+    if placement is None:
+        return None
+    return {
+        "node": placement.node,
+        "gpus": [
+            {"uuid": d.device, "memory_bytes": d.memory_bytes, "compute_percent": d.compute_percent}
+            for d in placement.devices
+        ],
+    }
+
+
+def _placement(data: dict[str, Any] | None) -> sched.Placement:
+    if not data:
+        return sched.Placement(node="")
+    return sched.Placement(
+        node=data["node"],
+        devices=tuple(
+            sched.DeviceShare(g["uuid"], g.get("memory_bytes", 0), g.get("compute_percent", 0))
+            for g in data.get("gpus", [])
+        ),
+    )
+
+
+def _placement_text(placement: sched.Placement | None) -> str:
+    if placement is None:
+        return "admitted"
+    devices: Sequence[str] = [d.device for d in placement.devices]
+    return f"on {placement.node}" + (f": {', '.join(devices)}" if devices else "")
+
+
+def _describe(job: Job) -> str:
+    if job.exit_reason == "exit_code":
+        return f"exit code {job.exit_code}"
+    if job.exit_reason == "signal":
+        return f"killed by signal {job.exit_signal}"
+    return job.exit_reason + (f": {job.exit_detail}" if job.exit_detail else "")

@@ -1,0 +1,45 @@
+"""The workload state machine shared by every kind (DESIGN.md):
+
+    pending → admitted → starting → running → succeeded | failed | cancelled
+
+A preempted or retried workload goes back to pending. Anything not yet running may be
+cancelled; admitted and starting may fail (launch error).
+"""
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    pending = "pending"
+    admitted = "admitted"
+    starting = "starting"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Holds (or is about to hold) resources on a node."""
+        return self in ACTIVE
+
+
+TERMINAL = frozenset({State.succeeded, State.failed, State.cancelled})
+ACTIVE = frozenset({State.admitted, State.starting, State.running})
+
+_NEXT: dict[State, frozenset[State]] = {
+    State.pending: frozenset({State.admitted, State.cancelled, State.failed}),
+    State.admitted: frozenset({State.starting, State.pending, State.cancelled, State.failed}),
+    State.starting: frozenset(
+        {State.running, State.pending, State.succeeded, State.failed, State.cancelled}
+    ),
+    State.running: frozenset({State.succeeded, State.failed, State.cancelled, State.pending}),
+}
+
+
+def can_move(current: State, target: State) -> bool:
+    return target in _NEXT.get(current, frozenset())

@@ -1,0 +1,203 @@
+"""Jobs: the spec users submit (as JSON, a YAML file or CLI flags: one schema) and what they
+get back."""
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from suanli.core.durations import parse_duration
+from suanli.core.quantities import parse_bytes
+from suanli.schemas.types import (
+    MAX_BYTES,
+    Flag,
+    Name,
+    RequestModel,
+    ResponseModel,
+    ShortText,
+    count,
+    text,
+)
+
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpP][iI]?)?[bB]?\s*$"
+DURATION_PATTERN = r"^\s*(\d+|(\d+\s*[smhdSMHD]\s*)+)$"
+MAX_DURATION = 366 * 86400
+
+
+def _size(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not re.match(SIZE_PATTERN, value):
+        raise PydanticCustomError("size_parsing", "must be bytes or a size like 512Mi, 16Gi, 2T")
+    return parse_bytes(value)
+
+
+def _duration(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not re.match(DURATION_PATTERN, value):
+        raise PydanticCustomError("duration_parsing", "must be seconds or like 30m, 2h, 1d12h")
+    return parse_duration(value)
+
+
+def _number_or_text(maximum: int, pattern: str, example: str, minimum: int = 0) -> Any:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": minimum, "maximum": maximum},
+                {"type": "string", "pattern": pattern, "examples": [example]},
+            ]
+        }
+    )
+
+
+# Bytes as a number or as text like "16Gi"; seconds as a number or as text like "2h30m".
+Size = Annotated[
+    int,
+    BeforeValidator(_size),
+    Field(ge=0, le=MAX_BYTES, strict=True),
+    _number_or_text(MAX_BYTES, SIZE_PATTERN, "16Gi"),
+]
+Duration = Annotated[
+    int,
+    BeforeValidator(_duration),
+    Field(ge=1, le=MAX_DURATION, strict=True),
+    _number_or_text(MAX_DURATION, DURATION_PATTERN, "2h30m", minimum=1),
+]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Priority = Literal["high", "normal", "low"]
+Command = Annotated[list[text(min_length=1, max_length=4096)], Field(min_length=1, max_length=1000)]
+DEFAULT_MEMORY = 4 * 2**30
+
+
+class Resources(RequestModel):
+    """Whole GPUs (`gpus`, optionally of `gpu_model`), or one fraction of a shared GPU
+    (`gpu_memory` and/or `gpu_compute_percent`), plus CPUs and memory."""
+
+    gpus: count(maximum=1024) = 0
+    gpu_model: ShortText | None = None
+    gpu_memory: Size | None = None
+    gpu_compute_percent: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
+    cpus: Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False, strict=True)] = 1.0
+    memory: Size = DEFAULT_MEMORY
+
+    @model_validator(mode="after")
+    def _whole_or_fraction(self) -> "Resources":
+        if self.gpus and (self.gpu_memory or self.gpu_compute_percent):
+            raise PydanticCustomError(
+                "gpu_whole_and_fraction", "ask for whole GPUs or for a fraction of one, not both"
+            )
+        return self
+
+    @property
+    def is_fraction(self) -> bool:
+        return bool(self.gpu_memory or self.gpu_compute_percent)
+
+
+class JobSpec(RequestModel):
+    """A job: a command (argument vector) or a script, where and how to run it."""
+
+    project: Name
+    name: ShortText = ""
+    command: (
+        Annotated[list[text(min_length=1, max_length=4096)], Field(min_length=1, max_length=1000)]
+        | None
+    ) = None
+    script: text(min_length=1, max_length=100_000) | None = None
+    workdir: text(min_length=1, max_length=4096) | None = None
+    env: Annotated[dict[EnvName, text(max_length=32_768)], Field(max_length=200)] = Field(
+        default_factory=dict
+    )
+    resources: Resources = Resources()
+    priority: Priority = "normal"
+    max_duration: Duration | None = None
+    retries: count(maximum=10) = 0
+    preemptible: Flag = True
+
+    @model_validator(mode="after")
+    def _command_or_script(self) -> "JobSpec":
+        if (self.command is None) == (self.script is None):
+            raise PydanticCustomError("command_or_script", "give either a command or a script")
+        return self
+
+
+class JobListQuery(RequestModel):
+    project: Name | None = None
+    user: Name | None = None
+    state: (
+        Literal[
+            "pending",
+            "admitted",
+            "starting",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "active",
+            "finished",
+        ]
+        | None
+    ) = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class PendingOut(ResponseModel):
+    code: str
+    message: str
+    position: int
+
+
+class ExitOut(ResponseModel):
+    reason: str
+    exit_code: int | None
+    signal: int | None
+    detail: str
+    message: str
+
+
+class GpuShareOut(ResponseModel):
+    uuid: str
+    memory_bytes: int = 0
+    compute_percent: int = 0
+
+
+class PlacementOut(ResponseModel):
+    node: str
+    gpus: list[GpuShareOut]
+
+
+class EventOut(ResponseModel):
+    at: datetime
+    state: str
+    detail: str
+
+
+class JobOut(ResponseModel):
+    id: int
+    name: str
+    project: str
+    user: str
+    state: str
+    priority: str
+    gpus: float
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    pending: PendingOut | None
+    exit: ExitOut | None
+    placement: PlacementOut | None
+    warnings: list[str]
+
+
+class JobDetailOut(JobOut):
+    spec: dict[str, Any]
+    history: list[EventOut]
+
+
+class LogQuery(RequestModel):
+    offset: Annotated[int, Field(ge=0, le=MAX_BYTES)] = 0
+    tail: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    limit: Annotated[int, Field(ge=1, le=8 * 2**20)] = 2**20

@@ -1,0 +1,49 @@
+"""Nodes and GPUs as the API shows them."""
+
+from datetime import datetime
+
+from pydantic import Field
+
+from suanli.schemas.types import Flag, RequestModel, ResponseModel, text
+
+
+class GpuOut(ResponseModel):
+    uuid: str
+    index: int
+    model: str
+    memory_bytes: int
+    pci_bus_id: str
+    numa_node: int
+    topology_group: str
+    mig_profile: str | None
+    simulated: bool
+    schedulable: bool
+    drain_reason: str
+    shared: bool
+    present: bool
+    used_by: list[str] = Field(default_factory=list)
+
+
+class NodeOut(ResponseModel):
+    name: str
+    backend: str
+    cpus: int
+    memory_bytes: int
+    disk_total_bytes: int
+    disk_free_bytes: int
+    driver: str
+    schedulable: bool
+    drain_reason: str
+    seen_at: datetime
+    gpus: list[GpuOut]
+
+
+class NodeUpdate(RequestModel):
+    schedulable: Flag
+    reason: text(max_length=500) = ""
+
+
+class GpuUpdate(RequestModel):
+    schedulable: Flag | None = None
+    shared: Flag | None = None
+    reason: text(max_length=500) = ""

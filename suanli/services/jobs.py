@@ -1,0 +1,205 @@
+"""Jobs: submit, list, show, cancel, resubmit, and their logs.
+
+Services only write rows: the controller (suanli.controllers) makes the world match them.
+Who may do what: members and owners of a project submit to it; every member (viewers too)
+sees its jobs and their logs; a job's author, the project's owners and administrators
+cancel it. Everyone else gets 404 for the project's jobs.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from suanli.core.errors import Forbidden, InvalidInput, NotFound
+from suanli.core.roles import ProjectRole
+from suanli.core.states import ACTIVE, TERMINAL, State
+from suanli.db.models import Job, JobEvent, Membership, Project, utcnow
+from suanli.scheduler import check_feasible
+from suanli.scheduler import model as sched
+from suanli.schemas.jobs import JobListQuery, JobSpec
+from suanli.services import audit
+from suanli.services.actor import Actor
+from suanli.services.common import commit
+from suanli.services.projects import access, writable
+
+PRIORITIES = {
+    "low": sched.Priority.low,
+    "normal": sched.Priority.normal,
+    "high": sched.Priority.high,
+}
+
+
+def request_of(spec: JobSpec) -> sched.Request:
+    resources = spec.resources
+    return sched.Request(
+        gpus=resources.gpus,
+        gpu_model=resources.gpu_model,
+        gpu_memory_bytes=resources.gpu_memory or 0,
+        gpu_compute_percent=resources.gpu_compute_percent or 0,
+        cpus=resources.cpus,
+        memory_bytes=resources.memory,
+    )
+
+
+def submit(session: Session, actor: Actor, spec: JobSpec, nodes: Sequence[sched.Node]) -> Job:
+    """Accept a job that some node could ever run; one that no node could run is refused
+    here rather than left pending forever. Requests above quota are accepted and pend."""
+    project, _ = access(session, actor, spec.project, ProjectRole.member)
+    writable(project)
+    problem = check_feasible(request_of(spec), nodes)
+    if problem is not None:
+        code, params = problem
+        raise InvalidInput(f"infeasible.{code}", field="resources", **params)
+    job = Job(
+        project_id=project.id,
+        user_id=actor.account.id,
+        user_name=actor.name,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        priority=spec.priority,
+        gpus=float(spec.resources.gpus),
+        state=State.pending,
+    )
+    job.events.append(JobEvent(state=State.pending, detail="submitted"))
+    session.add(job)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "job.submit",
+        target_type="job",
+        target=str(job.id),
+        project=project,
+        detail={"gpus": spec.resources.gpus},
+    )
+    commit(session, "error.conflict")
+    return job
+
+
+def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[Job]:
+    """Newest first; only jobs of projects the caller belongs to (administrators: all)."""
+    statement = (
+        select(Job).options(selectinload(Job.project)).order_by(Job.id.desc()).limit(query.limit)
+    )
+    if not actor.is_admin:
+        mine = select(Membership.project_id).where(Membership.user_id == actor.account.id)
+        statement = statement.where(Job.project_id.in_(mine))
+    if query.project:
+        statement = statement.join(Project).where(Project.name == query.project)
+    if query.user:
+        statement = statement.where(Job.user_name == query.user)
+    if query.state == "active":
+        statement = statement.where(Job.state.in_([State.pending, *ACTIVE]))
+    elif query.state == "finished":
+        statement = statement.where(Job.state.in_(TERMINAL))
+    elif query.state:
+        statement = statement.where(Job.state == query.state)
+    return session.scalars(statement).all()
+
+
+def get_job(
+    session: Session, actor: Actor, job_id: int, need: ProjectRole = ProjectRole.viewer
+) -> Job:
+    job = session.get(Job, job_id, options=[selectinload(Job.project), selectinload(Job.events)])
+    if job is None:
+        raise NotFound("error.job_not_found", id=job_id)
+    try:
+        access(session, actor, job.project.name, need)
+    except NotFound:
+        raise NotFound("error.job_not_found", id=job_id) from None
+    return job
+
+
+def cancel(session: Session, actor: Actor, job_id: int) -> Job:
+    """Pending jobs end at once; running ones are stopped by the controller (SIGTERM, grace,
+    SIGKILL) and end as cancelled."""
+    job = get_job(session, actor, job_id)
+    _may_manage(session, actor, job)
+    if State(job.state).terminal or job.stop_reason == "cancelled":
+        return job
+    if job.state == State.pending:
+        move(job, State.cancelled, "cancelled by " + actor.name)
+        job.exit_reason = "cancelled"
+    else:
+        job.stop_reason = "cancelled"
+        job.events.append(JobEvent(state=job.state, detail="cancel requested by " + actor.name))
+    audit.record(
+        session, actor, "job.cancel", target_type="job", target=str(job.id), project=job.project
+    )
+    commit(session, "error.conflict")
+    return job
+
+
+def resubmit(session: Session, actor: Actor, job_id: int, nodes: Sequence[sched.Node]) -> Job:
+    """Submit the same spec again, as the caller."""
+    job = get_job(session, actor, job_id)
+    spec = JobSpec.model_validate({**job.spec, "project": job.project.name})
+    return submit(session, actor, spec, nodes)
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    text: str
+    next_offset: int
+    finished: bool
+
+
+def read_log(
+    session: Session,
+    actor: Actor,
+    job_id: int,
+    path: Path,
+    *,
+    offset: int,
+    limit: int,
+    tail: int | None,
+) -> LogChunk:
+    """A piece of the job's output from `offset` (or its last `tail` lines), and whether the
+    job has ended (so a follower knows when to stop)."""
+    job = get_job(session, actor, job_id)
+    finished = State(job.state).terminal
+    if not path.exists():
+        return LogChunk("", offset, finished)
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        if tail is not None:
+            offset = _tail_offset(handle, size, tail)
+        handle.seek(min(offset, size))
+        data = handle.read(limit)
+    return LogChunk(data.decode("utf-8", errors="replace"), min(offset, size) + len(data), finished)
+
+
+def move(job: Job, state: State, detail: str = "") -> None:
+    """Change state and record it in the history. Callers commit."""
+    job.state = state
+    job.events.append(JobEvent(state=state, detail=detail[:2000]))
+    if state in TERMINAL:
+        job.finished_at = utcnow()
+
+
+def _may_manage(session: Session, actor: Actor, job: Job) -> None:
+    if actor.is_admin or job.user_id == actor.account.id:
+        return
+    _, role = access(session, actor, job.project.name)
+    if role != ProjectRole.owner:
+        raise Forbidden("error.job_not_yours")
+
+
+def _tail_offset(handle: BinaryIO, size: int, lines: int) -> int:
+    """Where the last `lines` lines begin, reading backwards in blocks."""
+    position, found, block = size, 0, 64 * 1024
+    while position > 0:
+        step = min(block, position)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        for index in range(len(chunk) - 1, -1, -1):
+            if chunk[index] == 10 and position + index < size - 1:
+                found += 1
+                if found == lines:
+                    return position + index + 1
+    return 0
