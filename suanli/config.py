@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     # Used only where NVML finds no GPU.
     simulated_gpus: list[SimulatedGpus] = Field(default_factory=list)
 
+    # Jobs of Suanli user U run as Unix user unix_users[U] (the server must run as root).
+    # When this map is set, a user without an entry cannot submit: nothing ever runs as the
+    # server's own user then. Empty: jobs run as the server's user.
+    unix_users: dict[str, str] = Field(default_factory=dict)
+    # The one Unix identity of all jobs on GPU fractions (CUDA MPS serves one user per GPU);
+    # empty: the server's user. See suanli/backends/local/mps.py.
+    mps_user: str = ""
+
     log_level: str = "info"
 
     @classmethod

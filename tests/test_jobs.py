@@ -2,7 +2,10 @@
 cancel, restart after SIGKILL, bad input and isolation."""
 
 import json
+import os
+import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -233,3 +236,25 @@ def test_sigkill_with_jobs_running(server_factory) -> None:
         assert client.jobs.get(long).attempts == 1  # re-adopted, not started again
         client.jobs.cancel(long)
         wait_for(lambda: client.jobs.get(long).state == "cancelled", timeout=30, what="cancel")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching Unix users needs root (CI runs as root)")
+def test_jobs_run_as_the_mapped_unix_user(server_factory) -> None:
+    unix = f"sl-{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--no-create-home", "--system", unix], check=True)
+    try:
+        server = server_factory(
+            {"SUANLI_SIMULATED_GPUS": GPUS, "SUANLI_UNIX_USERS": json.dumps({"admin": unix})}
+        )
+        admin = server.login()
+        admin.projects.create("vision")
+        admin.users.create("pat", "pat-password")
+        admin.projects.add_member("vision", "pat", "member")
+        whoami = admin.jobs.submit(job("vision", gpus=0, command=["id", "-un"], workdir="/"))
+        wait_for(lambda: admin.jobs.get(whoami.id).state == "succeeded", what="id -un")
+        assert admin.jobs.logs(whoami.id).text.strip() == unix
+        with pytest.raises(ApiError) as unmapped:  # never as the server's own user
+            server.login("pat", "pat-password").jobs.submit(job("vision", gpus=0))
+        assert unmapped.value.status == 403
+    finally:
+        subprocess.run(["userdel", unix], check=False)

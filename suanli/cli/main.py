@@ -86,7 +86,8 @@ def server(
         say("cli.server_admin_generated", name=settings.admin_username, password=generated)
     say("cli.server_login", url=url, name=settings.admin_username)
     sys.stdout.flush()
-    runtime = Runtime(settings, database, LocalBackend(settings))
+    backend = LocalBackend(settings, mps_user=settings.mps_user or None)
+    runtime = Runtime(settings, database, backend)
     uv = uvicorn.Config(
         create_app(settings, database, runtime),
         log_level=settings.log_level,

@@ -249,6 +249,7 @@ class WorkloadController:
             limits=Limits(cpus=spec.resources.cpus, memory_bytes=spec.resources.memory),
             log_path=log_path(self.settings, job.id),
             state_dir=folder / f"attempt-{job.attempts}",
+            run_as=self.settings.unix_users.get(job.user_name),
             max_duration=spec.max_duration,
         )
 

@@ -6,7 +6,7 @@ sees its jobs and their logs; a job's author, the project's owners and administr
 cancel it. Everyone else gets 404 for the project's jobs.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -45,11 +45,19 @@ def request_of(spec: JobSpec) -> sched.Request:
     )
 
 
-def submit(session: Session, actor: Actor, spec: JobSpec, nodes: Sequence[sched.Node]) -> Job:
+def submit(
+    session: Session,
+    actor: Actor,
+    spec: JobSpec,
+    nodes: Sequence[sched.Node],
+    unix_users: Mapping[str, str],
+) -> Job:
     """Accept a job that some node could ever run; one that no node could run is refused
     here rather than left pending forever. Requests above quota are accepted and pend."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
     writable(project)
+    if unix_users and actor.name not in unix_users:
+        raise Forbidden("error.no_unix_user", name=actor.name)
     problem = check_feasible(request_of(spec), nodes)
     if problem is not None:
         code, params = problem
@@ -134,11 +142,17 @@ def cancel(session: Session, actor: Actor, job_id: int) -> Job:
     return job
 
 
-def resubmit(session: Session, actor: Actor, job_id: int, nodes: Sequence[sched.Node]) -> Job:
+def resubmit(
+    session: Session,
+    actor: Actor,
+    job_id: int,
+    nodes: Sequence[sched.Node],
+    unix_users: Mapping[str, str],
+) -> Job:
     """Submit the same spec again, as the caller."""
     job = get_job(session, actor, job_id)
     spec = JobSpec.model_validate({**job.spec, "project": job.project.name})
-    return submit(session, actor, spec, nodes)
+    return submit(session, actor, spec, nodes, unix_users)
 
 
 @dataclass(frozen=True)

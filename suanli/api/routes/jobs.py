@@ -89,10 +89,12 @@ def detail_out(job: Job, language: str) -> JobDetailOut:
 
 
 @router.post("", response_model=JobDetailOut, status_code=201)
-def submit(spec: JobSpec, request: Request, caller: CallerDep, session: SessionDep) -> JobDetailOut:
+def submit(
+    spec: JobSpec, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
+) -> JobDetailOut:
     """Submit a job. One that no node could ever run is refused (422, naming the resource);
     one above the project's quota is accepted and waits, saying why."""
-    job = jobs.submit(session, caller.actor, spec, scheduler_nodes(session))
+    job = jobs.submit(session, caller.actor, spec, scheduler_nodes(session), settings.unix_users)
     request.app.state.wake()
     return detail_out(job, language_of(request))
 
@@ -126,10 +128,12 @@ def cancel(job_id: JobId, request: Request, caller: CallerDep, session: SessionD
 
 @router.post("/{job_id}/resubmit", response_model=JobDetailOut, status_code=201)
 def resubmit(
-    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep
+    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> JobDetailOut:
     """Submit the same spec again, as you."""
-    job = jobs.resubmit(session, caller.actor, job_id, scheduler_nodes(session))
+    job = jobs.resubmit(
+        session, caller.actor, job_id, scheduler_nodes(session), settings.unix_users
+    )
     request.app.state.wake()
     return detail_out(job, language_of(request))
 
