@@ -190,3 +190,50 @@ def test_the_config_directory_is_private_even_if_it_existed(cli, server, tmp_pat
     folder.mkdir(parents=True, mode=0o755)
     cli("login", server.url, "-u", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_jobs_from_the_cli_in_both_languages(cli, server_factory, tmp_path) -> None:
+    server = server_factory({"SUANLI_SIMULATED_GPUS": '[{"count": 2, "model": "A100"}]'})
+    cli("login", server.url, "-u", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    assert cli("projects", "create", "cli-jobs")[0] == 0
+    code, out, _ = cli(
+        "run",
+        "-p",
+        "cli-jobs",
+        "--cpus",
+        "0.1",
+        "--memory",
+        "64Mi",
+        "--follow",
+        "--",
+        sys.executable,
+        "-c",
+        "print('hello from the job')",
+    )
+    assert code == 0 and "hello from the job" in out
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "project: cli-jobs\nname: yaml-job\ncommand: [sleep, '30']\n"
+        "resources: {gpus: 1, cpus: 0.1, memory: 64Mi}\n"
+    )
+    code, out, _ = cli("submit", str(spec), "--json")
+    submitted = json.loads(out)
+    assert code == 0 and submitted["name"] == "yaml-job"
+    for language in ("en", "zh-CN"):
+        outputs = [
+            cli("jobs", "list", language=language),
+            cli("jobs", "show", str(submitted["id"]), language=language),
+            cli("nodes", "list", language=language),
+            cli("gpus", "list", language=language),
+        ]
+        for code, out, err in outputs:
+            assert code == 0, err
+            assert "cli." not in out + err and "reason." not in out + err, out + err
+    assert "模拟" in cli("gpus", "list", language="zh-CN")[1]  # simulated GPUs say so
+    assert cli("jobs", "cancel", str(submitted["id"]))[0] == 0
+    code, _, err = cli("run", "-p", "cli-jobs", "--gpus", "3", "--", "true")
+    assert code == 1 and "largest node has 2" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("project: [unclosed\n")
+    code, _, err = cli("submit", str(bad))
+    assert code == 2 and "Traceback" not in err
