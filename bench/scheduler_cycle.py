@@ -7,7 +7,7 @@ model), R running jobs already placed on it and P pending jobs, then times one f
 snapshot is built outside the timing: that is the controller's work, not the scheduler's.
 
     python bench/scheduler_cycle.py                      # the curve (nodes × pending)
-    python bench/scheduler_cycle.py --nodes 1000 --pending 10000 --running 5000 --runs 7
+    python bench/scheduler_cycle.py --nodes 1000 --pending 10000 --running 5000 --runs 9
 
 Jobs: 1/2/4/8 GPUs (50/20/15/10 %) and 5 % GPU fractions; 10 % name a GPU model; priorities
 high/normal/low 15/70/15 %; two thirds have a maximum duration. 20 projects with guaranteed

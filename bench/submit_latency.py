@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,17 +75,29 @@ def measure(url: str, jobs: int, burst: int) -> dict[str, float]:
             latencies.append(started_at(client, job.id) - begin)
             while client.jobs.get(job.id).state not in ("succeeded", "failed"):
                 time.sleep(0.005)
+        # A project whose quota holds everything in the queue: submits without launches.
+        client.projects.create("queued")
+        client.projects.set_quota("queued", max_gpus=0)
         token = client.token
 
-    def submit(_: int) -> None:
-        with Client(url, token) as one:
-            one.jobs.submit(spec)
+    local = threading.local()
 
-    begin = time.monotonic()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(submit, range(burst)))
-    rate = burst / (time.monotonic() - begin)
+    def burst_rate(body: dict[str, object]) -> float:
+        def submit(_: int) -> None:
+            if not hasattr(local, "client"):  # one keep-alive client per thread
+                local.client = Client(url, token)
+            local.client.jobs.submit(body)
+
+        begin = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(submit, range(burst)))
+        return burst / (time.monotonic() - begin)
+
+    queued = {**spec, "project": "queued", "resources": {"gpus": 1, "memory": "64Mi"}}
+    queued_rate = burst_rate(queued)
+    rate = burst_rate(spec)
     return {
+        "queued_per_s": queued_rate,
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "mean_ms": statistics.mean(latencies) * 1000,
@@ -109,11 +122,15 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
     print(f"jobs {args.jobs}, burst {args.burst}, {os.cpu_count()} CPUs")
-    print("| submit→started p50 ms | p99 ms | mean ms | max ms | submits/s (16 clients) |")
-    print("|---|---|---|---|---|")
     print(
-        f"| {result['p50_ms']:.0f} | {result['p99_ms']:.0f} | {result['mean_ms']:.0f} | "
-        f"{result['max_ms']:.0f} | {result['submits_per_s']:.0f} |"
+        "| submit→started p50 ms | p99 ms | mean ms | max ms | submits/s, queued "
+        "| submits/s, each launched |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {result['p50_ms']:.0f} | {result['p99_ms']:.0f} | {result['mean_ms']:.0f} "
+        f"| {result['max_ms']:.0f} | {result['queued_per_s']:.0f} "
+        f"| {result['submits_per_s']:.0f} |"
     )
     return 0
 

@@ -120,8 +120,9 @@ def read_trace(
 
 def generate_trace(path: Path, count: int, seed: int) -> None:
     """Bursty arrivals from 8 users of different habits: bursts of similar jobs (a sweep),
-    1/2/4/8-GPU jobs, log-normal durations from minutes to hours. Offered load ≈ 95 % of a
-    64-GPU cluster, so queues build up in the bursts and drain in between."""
+    1/2/4/8-GPU jobs, log-normal durations from minutes to hours. Paced for ≈ 95 % of a
+    64-GPU cluster (the seed-7 trace comes out at 89 %), so queues build up in the bursts
+    and drain in between."""
     rng = random.Random(seed)
     # (weight of arrivals, GPU size weights for 1/2/4/8, median duration in minutes)
     users = {

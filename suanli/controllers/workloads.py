@@ -51,6 +51,7 @@ class WorkloadController:
         self.backend = backend
         self.usage: dict[str, float] = {}
         self._last_tick: float | None = None
+        self._requests: dict[int, tuple[sched.Request, bool, float | None]] = {}
 
     def tick(self) -> None:
         self.follow()
@@ -133,70 +134,134 @@ class WorkloadController:
 
     # 3. Decide: one scheduler cycle over a snapshot of the database.
     def schedule(self) -> list[int]:
+        """Decide on a read snapshot, then apply the decisions in a short write transaction,
+        re-checking each job's state: SQLite's write lock is held for the writes only, not
+        for the whole cycle, so submits are not held up by scheduling."""
         now = time.time()
-        with self.database.writing() as session:
-            active = session.scalars(
-                select(Job)
-                .where(Job.state.in_([State.pending, *ACTIVE]))
-                .options(selectinload(Job.project))
-            ).all()
-            pending = [j for j in active if j.state == State.pending and not j.stop_reason]
-            running = [j for j in active if j.state in ACTIVE and j.placement]
-            by_id = {job.id: job for job in active}
-            running_workloads = tuple(_workload(job) for job in running)
-            nodes = scheduler_nodes(session)
-            if self._last_tick is not None:
-                self.usage = decayed_usage(
-                    self.usage,
-                    running_workloads,
-                    elapsed=now - self._last_tick,
-                    half_life=USAGE_HALF_LIFE,
-                    nodes=nodes,
+        with self.database.reading() as session:
+            active = session.execute(
+                select(
+                    Job.id,
+                    Job.state,
+                    Job.stop_reason,
+                    Job.placement,
+                    Job.spec,
+                    Job.priority,
+                    Job.user_name,
+                    Job.submitted_at,
+                    Job.started_at,
+                    Project.name,
+                    Job.pending_code,
+                    Job.pending_params,
+                    Job.pending_position,
                 )
-            self._last_tick = now
-            memory_of = {d.id: d.memory_bytes for node in nodes for d in node.devices}
-            snapshot = sched.Snapshot(
+                .join(Project)
+                .where(Job.state.in_([State.pending, *ACTIVE]))
+            ).all()
+            nodes = scheduler_nodes(session)
+            quotas = _quotas(session)
+        self._forget({row.id for row in active})
+        pending = tuple(
+            self._workload(row)
+            for row in active
+            if row.state == State.pending and not row.stop_reason
+        )
+        running = tuple(
+            self._workload(row) for row in active if row.state in ACTIVE and row.placement
+        )
+        if self._last_tick is not None:
+            self.usage = decayed_usage(
+                self.usage,
+                running,
+                elapsed=now - self._last_tick,
+                half_life=USAGE_HALF_LIFE,
+                nodes=nodes,
+            )
+        self._last_tick = now
+        decisions = schedule(
+            sched.Snapshot(
                 now=now,
                 nodes=nodes,
-                quotas=_quotas(session),
-                pending=tuple(_workload(job) for job in pending),
-                running=running_workloads,
+                quotas=quotas,
+                pending=pending,
+                running=running,
                 usage=self.usage,
             )
-            decisions = schedule(snapshot)
-            admitted = []
+        )
+        shown = {
+            row.id: (row.pending_code, row.pending_params, row.pending_position) for row in active
+        }
+        changed_reasons = {
+            job_id: reason
+            for job_id, reason in decisions.pending.items()
+            if shown.get(job_id) != (reason.code, dict(reason.params), reason.position)
+        }
+        if not (decisions.admit or decisions.preempt or changed_reasons):
+            return []
+        memory_of = {d.id: d.memory_bytes for node in nodes for d in node.devices}
+        admitted = []
+        with self.database.writing() as session:
             for admission in decisions.admit:
-                job = by_id[admission.workload]
+                job = session.get(Job, admission.workload)
+                if job is None or job.state != State.pending or job.stop_reason:
+                    continue  # cancelled meanwhile: the next cycle decides again
                 job.placement = _placement_dict(admission.placement)
                 devices = admission.placement.devices if admission.placement else ()
                 job.gpus = gpu_charge(
-                    request_of(JobSpec.model_validate(job.spec)),
-                    memory_of.get(devices[0].device) if devices else None,
+                    self._requests[job.id][0], memory_of.get(devices[0].device) if devices else None
                 )
                 job.pending_code, job.pending_params, job.pending_position = "", {}, 0
                 move(job, State.admitted, _placement_text(admission.placement))
                 admitted.append(job.id)
             for preemption in decisions.preempt:
-                victim = by_id[preemption.victim]
-                if not victim.stop_reason:
+                victim = session.get(Job, preemption.victim)
+                if victim is not None and victim.state in ACTIVE and not victim.stop_reason:
                     victim.stop_reason = "preempted"
                     victim.events.append(
                         JobEvent(
                             state=victim.state, detail=f"preempted for job {preemption.beneficiary}"
                         )
                     )
-            for job_id, reason in decisions.pending.items():
-                job = by_id[job_id]
-                params = dict(reason.params)
-                if (job.pending_code, job.pending_params, job.pending_position) != (
-                    reason.code,
-                    params,
-                    reason.position,
-                ):
-                    job.pending_code, job.pending_params = reason.code, params
+            for job_id, reason in changed_reasons.items():
+                job = session.get(Job, job_id)
+                if job is not None and job.state == State.pending:
+                    job.pending_code, job.pending_params = reason.code, dict(reason.params)
                     job.pending_position = reason.position
             session.commit()
         return admitted
+
+    def _workload(self, row: Any) -> sched.Workload:
+        request, preemptible, max_duration = self._parsed(row.id, row.spec)
+        placement = _placement(row.placement) if row.placement else None
+        return sched.Workload(
+            id=row.id,
+            project=row.name,
+            user=row.user_name,
+            request=request,
+            priority=PRIORITIES[row.priority],
+            submitted_at=row.submitted_at.timestamp(),
+            preemptible=preemptible,
+            max_duration=max_duration,
+            started_at=row.started_at.timestamp() if row.started_at else None,
+            placement=placement,
+        )
+
+    def _parsed(
+        self, job_id: int, spec: dict[str, Any]
+    ) -> tuple[sched.Request, bool, float | None]:
+        """A job's spec never changes: parse it once, not on every cycle."""
+        if job_id not in self._requests:
+            parsed = JobSpec.model_validate(spec)
+            self._requests[job_id] = (
+                request_of(parsed),
+                parsed.preemptible,
+                float(parsed.max_duration) if parsed.max_duration else None,
+            )
+        return self._requests[job_id]
+
+    def _forget(self, active: set[int]) -> None:
+        for job_id in set(self._requests) - active:
+            del self._requests[job_id]
 
     # 4. Act: launch, with the attempt written down before and the handle right after.
     def launch(self, job_id: int) -> None:
@@ -256,22 +321,6 @@ class WorkloadController:
 
 def _load(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id, options=[selectinload(Job.project)])
-
-
-def _workload(job: Job) -> sched.Workload:
-    spec = JobSpec.model_validate(job.spec)
-    return sched.Workload(
-        id=job.id,
-        project=job.project.name,
-        user=job.user_name,
-        request=request_of(spec),
-        priority=PRIORITIES[job.priority],
-        submitted_at=job.submitted_at.timestamp(),
-        preemptible=spec.preemptible,
-        max_duration=float(spec.max_duration) if spec.max_duration else None,
-        started_at=job.started_at.timestamp() if job.started_at else None,
-        placement=_placement(job.placement) if job.placement else None,
-    )
 
 
 def _quotas(session: Session) -> dict[str, sched.Quota]:

@@ -1,15 +1,17 @@
 """Backfill: keep capacity for a blocked gang so that smaller work started after it cannot
-delay it (EASY backfill, extended to a few reservations per cycle).
+delay it (EASY backfill).
 
-For the first blocked whole-GPU workloads of a cycle (RESERVATION_DEPTH of them, in
-scheduling order) we compute when and where they could start at the earliest: on each node,
-running work is assumed to end at `started_at + max_duration` (never, without a maximum
-duration), and earlier reservations on the node are assumed to hold their capacity from now
-on. The node where the workload could start first gets a Reservation (see placement.py):
-work that ends by then may still use its capacity, longer work only what is spare at that
-time. When no start can be computed (work without a maximum duration is in the way), the
-node closest to fitting is reserved with an unknown start, so nothing long may take what
-the blocked workload needs there.
+For the first blocked whole-GPU workload of a cycle (in scheduling order) we compute when and
+where it could start at the earliest: on each node, running work is assumed to end at
+`started_at + max_duration` (never, without a maximum duration). The node where it could
+start first gets a Reservation (see placement.py): work that ends by then may still use its
+capacity, longer work only what is spare at that time. When no start can be computed (work
+without a maximum duration is in the way), the node closest to fitting is reserved with an
+unknown start, so nothing long may take what the blocked workload needs there.
+
+RESERVATION_DEPTH allows more reservations per cycle (each later one assumes the earlier
+ones hold their capacity from now on), but on the trace replay (bench/README.md) every
+extra reservation made waits longer for everyone, large jobs included: one, as in EASY.
 
 Fractions and CPU-only work get no reservation: they are small, and fill in as soon as
 anything frees up.
@@ -19,7 +21,7 @@ from suanli.scheduler.devices import EPSILON
 from suanli.scheduler.model import Workload
 from suanli.scheduler.placement import INF, Cluster, Need, Reservation
 
-RESERVATION_DEPTH = 4
+RESERVATION_DEPTH = 1
 
 
 def reserve(cluster: Cluster, workload: Workload, need: Need) -> Reservation | None:

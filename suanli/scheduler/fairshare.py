@@ -90,11 +90,6 @@ def decayed_usage(
     return result
 
 
-def queue_key(workload: Workload) -> tuple[int, float, int]:
-    """Order inside one project: priority (high first), then submission time, then id."""
-    return (-workload.priority, workload.submitted_at, workload.id)
-
-
 class FairQueue:
     """Pending workloads in scheduling order: priority first, then the project with the
     smallest fair-share key, then submission time, then id.
@@ -105,21 +100,21 @@ class FairQueue:
     """
 
     def __init__(self, pending: Sequence[Workload], share: Callable[[str], float]) -> None:
-        queues: dict[str, list[tuple[int, float, int, Workload]]] = {}
-        for workload in pending:
-            entry = (-workload.priority, workload.submitted_at, workload.id, workload)
+        queues: dict[str, list[tuple[int, float, int, int, Workload]]] = {}
+        for index, workload in enumerate(pending):
+            entry = (-workload.priority, workload.submitted_at, workload.id, index, workload)
             queue = queues.get(workload.project)
             if queue is None:
                 queues[workload.project] = [entry]
             else:
                 queue.append(entry)
         self._share = share
-        self._queues: dict[str, list[tuple[int, float, int, Workload]]] = {}
+        self._queues: dict[str, list[tuple[int, float, int, int, Workload]]] = {}
         self._next: dict[str, int] = {}
         self._heap: list[tuple[int, float, float, int, str]] = []
         for project in sorted(queues):
             queue = queues[project]
-            queue.sort(key=_static)
+            queue.sort()  # the input index breaks ties: two workloads are never compared
             self._queues[project] = queue
             self._next[project] = 0
             head = queue[0]
@@ -142,7 +137,7 @@ class FairQueue:
             entry = (head[0], self._share(project), head[1], head[2], project)
             if not heap or entry < heap[0]:
                 self._next[project] = index + 1  # still first: skip the heap
-                return head[3]
+                return head[4]
             project = heapq.heappushpop(heap, entry)[4]
         elif heap:
             project = heapq.heappop(heap)[4]
@@ -153,8 +148,4 @@ class FairQueue:
     def _take(self, project: str) -> Workload:
         index = self._next[project]
         self._next[project] = index + 1
-        return self._queues[project][index][3]
-
-
-def _static(entry: tuple[int, float, int, Workload]) -> tuple[int, float, int]:
-    return entry[:3]
+        return self._queues[project][index][4]

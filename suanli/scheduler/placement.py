@@ -303,8 +303,7 @@ class Cluster:
         self._sequence = 0
         self.states: list[NodeState] = []
         self.by_name: dict[str, NodeState] = {}
-        self.kind_of: dict[str, Kind] = {}  # every device, drained too
-        self.memory_of: dict[str, int] = {}
+        self.memory_of: dict[str, int] = {}  # shared devices, drained too: fractions' shares
         self.usable: dict[str, Kind] = {}  # schedulable exclusive devices of schedulable nodes
         self.slot_of: dict[str, SharedSlot] = {}
         self.partial: dict[Kind, dict[SharedSlot, None]] = {}
@@ -323,65 +322,58 @@ class Cluster:
     # -- building ------------------------------------------------------------------------
 
     def _build(self, nodes: Sequence[Node], running: Sequence[Workload]) -> None:
-        kind_of, memory_of, usable, slot_of = (
-            self.kind_of,
-            self.memory_of,
-            self.usable,
-            self.slot_of,
-        )
+        memory_of, usable, slot_of = self.memory_of, self.usable, self.slot_of
         exclusive, total, shared_memory = self.exclusive, self.exclusive_total, self.shared_memory
         virtual = None
         if self.aggregate:
             virtual = NodeState("", 0, 0.0, 0)
             self.states.append(virtual)
-        devices: list[tuple[NodeState, Device]] = []  # schedulable exclusive devices
+        devices: list[tuple[NodeState, Device, Kind]] = []  # schedulable exclusive devices
         shared_index = 0
         gpus = cpus = 0.0
         memory = 0
         for node in nodes:
+            state = None
+            if node.schedulable:
+                # What can be handed out: nodes (or the one virtual node) and their devices.
+                cpus += node.cpus
+                memory += node.memory_bytes
+                if virtual is not None:
+                    state = virtual
+                    state.cpus += node.cpus
+                    state.memory += node.memory_bytes
+                    state.free_cpus += node.cpus
+                    state.free_memory += node.memory_bytes
+                else:
+                    state = NodeState(node.name, len(self.states), node.cpus, node.memory_bytes)
+                    self.states.append(state)
+                self.by_name[node.name] = state
             # The inventory, drained parts included: what could ever be there.
             per_node: dict[Kind, int] = {}
             for device in node.devices:
-                kind_of[device.id] = kind = (device.model, device.mig_profile)
-                memory_of[device.id] = device.memory_bytes
+                kind = (device.model, device.mig_profile)
+                usable_now = state is not None and device.schedulable
                 if device.shared:
+                    memory_of[device.id] = device.memory_bytes
                     smallest = shared_memory.get(kind)
                     if smallest is None or device.memory_bytes < smallest:
                         shared_memory[kind] = device.memory_bytes
+                    if usable_now:
+                        gpus += 1
+                        slot = SharedSlot(device.id, state, kind, device.memory_bytes, shared_index)
+                        shared_index += 1
+                        slot_of[device.id] = slot
+                        state.shared.append(slot)
                 else:
                     per_node[kind] = per_node.get(kind, 0) + 1
+                    if usable_now:
+                        gpus += 1
+                        usable[device.id] = kind
+                        devices.append((state, device, kind))
             for kind, count in per_node.items():
                 if count > exclusive.get(kind, 0):
                     exclusive[kind] = count
                 total[kind] = total.get(kind, 0) + count
-            if not node.schedulable:
-                continue
-            # What can be handed out: nodes (or the one virtual node) and their devices.
-            cpus += node.cpus
-            memory += node.memory_bytes
-            if virtual is not None:
-                state = virtual
-                state.cpus += node.cpus
-                state.memory += node.memory_bytes
-                state.free_cpus += node.cpus
-                state.free_memory += node.memory_bytes
-            else:
-                state = NodeState(node.name, len(self.states), node.cpus, node.memory_bytes)
-                self.states.append(state)
-            self.by_name[node.name] = state
-            for device in node.devices:
-                if not device.schedulable:
-                    continue
-                gpus += 1
-                if device.shared:
-                    kind = kind_of[device.id]
-                    slot = SharedSlot(device.id, state, kind, device.memory_bytes, shared_index)
-                    shared_index += 1
-                    slot_of[device.id] = slot
-                    state.shared.append(slot)
-                else:
-                    usable[device.id] = kind_of[device.id]
-                    devices.append((state, device))
         self.capacity = Capacity(gpus, cpus, memory)
 
         # What running work holds.
@@ -426,8 +418,7 @@ class Cluster:
             )
             self.footprints.append(footprint)
 
-        for state, device in devices:
-            kind = usable[device.id]
+        for state, device, kind in devices:
             pool = state.pools.get(kind)
             if pool is None:
                 pool = state.pools[kind] = Pool()
@@ -536,7 +527,7 @@ class Cluster:
                     )
                 )
         for state in self.states:
-            state.jobs.sort(key=lambda job: (job[0], job[1]))
+            state.jobs.sort()  # by end, then sequence (unique: the GPU dicts never compare)
 
     def _record(self, node: NodeState, end: float, cpus: float, memory: int, gpus: dict) -> None:
         if self._jobs_built:

@@ -55,6 +55,9 @@ def victim_cost(victim: Victim) -> tuple[int, int, float, int]:
 
 @dataclass(slots=True)
 class Plan:
+    """Victims to stop so that the preemptor fits on `node` (on device kind `kind`, or on
+    the shared device `slot` for a fraction); `cost` ranks plans, smaller is cheaper."""
+
     victims: list[Victim]
     node: NodeState
     kind: Kind | None
@@ -100,19 +103,20 @@ class Freed:
 
 
 class Preemptor:
+    """Plans and commits preemptions for one cycle. Running workloads become victims lazily
+    (only a cycle that tries to preempt pays for sorting them); `claimed` are those already
+    chosen this cycle, never chosen twice."""
+
     def __init__(
         self,
         cluster: Cluster,
         ledger: Ledger,
         running: Sequence[Workload],
         charges: Mapping[int, float],
-        now: float,
     ) -> None:
         self._cluster = cluster
         self._ledger = ledger
-        self._running = running
         self._charges = charges
-        self._now = now
         self._built = False
         self._by_node: dict[NodeState, list[Victim]] = {}
         self._by_project: dict[str, list[Victim]] = {}
@@ -130,11 +134,12 @@ class Preemptor:
         preempt, and budget left this cycle?"""
         if self._budget <= 0:
             return False
-        if sum(self._by_priority[: workload.priority]):
-            return True
-        return bool(self._by_priority[workload.priority]) and self._ledger.within_guarantee(
-            workload.project, charge
-        )
+        counts = self._by_priority
+        priority = workload.priority
+        for lower in range(priority):
+            if counts[lower]:
+                return True
+        return bool(counts[priority]) and self._ledger.within_guarantee(workload.project, charge)
 
     # -- building the victims lazily (only cycles that try to preempt pay for it) --------
 

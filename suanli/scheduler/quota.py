@@ -110,6 +110,14 @@ class Ledger:
         `returned` is what the project would give back (own workloads a preemption plan
         would stop)."""
         quota = self.quota(workload.project)
+        if (
+            workload.preemptible
+            and quota.max_gpus is None
+            and quota.max_gpus_per_user is None
+            and quota.cpus is None
+            and quota.memory_bytes is None
+        ):
+            return None  # no limit but the cluster's
         tally = self.tallies.get(workload.project) or _NOTHING
         back = returned or _NOTHING
         request = workload.request

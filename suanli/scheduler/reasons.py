@@ -3,7 +3,9 @@ the catalogues (suanli/i18n). Every message also takes `{position}` (the reason'
 position, 1-based, in the project's queue of waiting workloads).
 
 Sizes in params are GiB (numbers rounded for people); GPU counts may be fractions (a GPU
-fraction counts as its share of one GPU, see devices.gpu_charge).
+fraction counts as its share of one GPU, see devices.gpu_charge). Capacity and backfill
+reasons may also carry `expected_start` (on the snapshot's clock) when a backfill
+reservation predicts when the workload, or the one it waits for, can start.
 """
 
 # Project quota (quota.py); params: used, limit, requested (GPUs, CPUs, or *_gib).

@@ -63,7 +63,7 @@ def submit(
         code, params = problem
         raise InvalidInput(f"infeasible.{code}", field="resources", **params)
     job = Job(
-        project_id=project.id,
+        project=project,  # set, not lazily loaded after commit (that would begin a new write)
         user_id=actor.account.id,
         user_name=actor.name,
         name=spec.name,

@@ -4,11 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep
+from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
 from suanli.api.problems import language_of
 from suanli.controllers.workloads import log_path
 from suanli.db.models import Job
 from suanli.i18n import translate
+from suanli.scheduler.model import Node
 from suanli.schemas.jobs import (
     EventOut,
     ExitOut,
@@ -28,6 +29,13 @@ from suanli.services.nodes import scheduler_nodes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+
+
+def _nodes(request: Request) -> tuple[Node, ...]:
+    """The inventory for the feasibility check, read before the request's write transaction
+    begins, so that SQLite's write lock is not held while it loads."""
+    with get_database(request).reading() as session:
+        return scheduler_nodes(session)
 
 
 def job_out(job: Job, language: str) -> JobOut:
@@ -94,7 +102,7 @@ def submit(
 ) -> JobDetailOut:
     """Submit a job. One that no node could ever run is refused (422, naming the resource);
     one above the project's quota is accepted and waits, saying why."""
-    job = jobs.submit(session, caller.actor, spec, scheduler_nodes(session), settings.unix_users)
+    job = jobs.submit(session, caller.actor, spec, _nodes(request), settings.unix_users)
     request.app.state.wake()
     return detail_out(job, language_of(request))
 
@@ -131,9 +139,7 @@ def resubmit(
     job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> JobDetailOut:
     """Submit the same spec again, as you."""
-    job = jobs.resubmit(
-        session, caller.actor, job_id, scheduler_nodes(session), settings.unix_users
-    )
+    job = jobs.resubmit(session, caller.actor, job_id, _nodes(request), settings.unix_users)
     request.app.state.wake()
     return detail_out(job, language_of(request))
 
