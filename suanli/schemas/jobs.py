@@ -21,8 +21,9 @@ from suanli.schemas.types import (
     text,
 )
 
-SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpP][iI]?)?[bB]?\s*$"
-DURATION_PATTERN = r"^\s*(\d+|(\d+\s*[smhdSMHD]\s*)+)$"
+# Plain spaces, not \s: regex dialects disagree about \s (see types.EMAIL_PATTERN).
+SIZE_PATTERN = r"^ *\d+(\.\d+)? *([kKmMgGtTpP][iI]?)?[bB]? *$"
+DURATION_PATTERN = r"^ *(\d+|(\d+ *[smhdSMHD] *)+)$"
 MAX_DURATION = 366 * 86400
 
 
