@@ -143,7 +143,9 @@ def test_logs_follow_and_stay(cluster) -> None:
     assert [line for line in text.splitlines() if line.startswith("line")] == [
         f"line {i}" for i in range(5)
     ]
-    assert admin.jobs.get(talk.id).state == "succeeded"
+    finished = admin.jobs.get(talk.id)
+    assert finished.state == "succeeded"
+    assert finished.usage["wall_seconds"] >= 0.8 and "cpu_seconds" in finished.usage
     assert admin.jobs.logs(talk.id, tail=2).text.splitlines() == ["line 3", "line 4"]
 
 

@@ -45,6 +45,9 @@ class ExitStatus:
     exit_code: int | None = None
     signal: int | None = None
     detail: str = ""
+    # What the workload used, where the backend knows it: cpu_seconds, max_rss_bytes,
+    # memory_peak_bytes, wall_seconds.
+    usage: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from suanli.cli.output import (
 from suanli.cli.session import connect
 from suanli.client import Client
 from suanli.core.durations import format_duration
+from suanli.core.quantities import format_bytes
 from suanli.schemas.jobs import JobDetailOut, JobOut
 
 app = typer.Typer(help="Jobs: list, show, follow logs, cancel, resubmit.", no_args_is_help=True)
@@ -231,11 +232,25 @@ def _show(job: JobDetailOut) -> None:
             ("exit", job.exit.message if job.exit else None),
             ("command", " ".join(job.spec.get("command") or []) or t("cli.script")),
             ("max_duration", format_duration(job.spec.get("max_duration"))),
+            ("usage", _usage(job)),
         ]
     )
     for warning in job.warnings:
         fail(warning)
     table(["time", "state", "detail"], [(e.at, state_text(e.state), e.detail) for e in job.history])
+
+
+def _usage(job: JobOut) -> str | None:
+    usage = job.usage
+    if not usage:
+        return None
+    parts = [t("cli.usage_cpu", seconds=f"{usage.get('cpu_seconds', 0):g}")]
+    peak = usage.get("memory_peak_bytes") or usage.get("max_rss_bytes")
+    if peak:
+        parts.append(t("cli.usage_memory", size=format_bytes(int(peak))))
+    if "wall_seconds" in usage:
+        parts.append(t("cli.usage_wall", duration=format_duration(usage["wall_seconds"])))
+    return ", ".join(parts)
 
 
 def _gpus(job: JobOut) -> str:

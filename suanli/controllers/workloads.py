@@ -90,6 +90,7 @@ class WorkloadController:
     def _ended(self, job: Job, exit: ExitStatus) -> None:
         job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
         job.exit_detail = exit.detail[:2000]
+        job.usage = dict(exit.usage)
         retries = int(job.spec.get("retries", 0))
         stop = job.stop_reason
         if stop == "cancelled":

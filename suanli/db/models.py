@@ -271,6 +271,7 @@ class Job(Base):
     exit_signal: Mapped[int | None] = mapped_column(Integer, default=None)
     exit_detail: Mapped[str] = mapped_column(String(2000), default="")
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     project: Mapped[Project] = relationship()
     events: Mapped[list["JobEvent"]] = relationship(

@@ -191,6 +191,9 @@ class JobOut(ResponseModel):
     exit: ExitOut | None
     placement: PlacementOut | None
     warnings: list[str]
+    # Of the last attempt, once it ended: cpu_seconds, max_rss_bytes, memory_peak_bytes,
+    # wall_seconds (what the backend could measure).
+    usage: dict[str, float]
 
 
 class JobDetailOut(JobOut):

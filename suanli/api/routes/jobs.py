@@ -85,6 +85,7 @@ def job_out(job: Job, language: str) -> JobOut:
         exit=exit_,
         placement=placement,
         warnings=list(job.warnings or []),
+        usage=dict(job.usage or {}),
     )
 
 

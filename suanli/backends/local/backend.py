@@ -278,6 +278,7 @@ class LocalBackend:
                 exit_code=status.get("code"),
                 signal=status.get("signal"),
                 detail=str(status.get("detail", "")),
+                usage=dict(status.get("usage") or {}),
             ),
             warnings=self.warnings(handle),
         )

@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("exit_signal", sa.Integer(), nullable=True),
         sa.Column("exit_detail", sa.String(length=2000), nullable=False),
         sa.Column("warnings", sa.JSON(), nullable=False),
+        sa.Column("usage", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
