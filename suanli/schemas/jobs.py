@@ -125,6 +125,8 @@ class JobSpec(RequestModel):
 
 
 class JobListQuery(RequestModel):
+    # Workload kinds share one table; dev environments and services join "job" later.
+    kind: Literal["job"] | None = None
     project: Name | None = None
     user: Name | None = None
     state: (

@@ -100,6 +100,8 @@ def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[J
         statement = statement.join(Project).where(Project.name == query.project)
     if query.user:
         statement = statement.where(Job.user_name == query.user)
+    if query.kind:
+        statement = statement.where(Job.kind == query.kind)
     if query.state == "active":
         statement = statement.where(Job.state.in_([State.pending, *ACTIVE]))
     elif query.state == "finished":
