@@ -173,7 +173,12 @@ class _Cycle:
                 request.gpu_memory_bytes,
                 request.gpu_compute_percent,
             )
-            found = self.find(need)
+            # Placed here: its share of the device it lands on. Left to an engine
+            # (`place=False`), the device found on the virtual node binds nobody: the engine
+            # may put it on any shared device of these kinds, so it counts as its share of
+            # the smallest (the estimate errs on the high side, see devices.gpu_charge).
+            if self.place:
+                found = self.find(need)
             if isinstance(found, Fit) and found.slot is not None:
                 charge = fraction_share(
                     request.gpu_memory_bytes, request.gpu_compute_percent, found.slot.memory

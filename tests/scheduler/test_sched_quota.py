@@ -84,6 +84,36 @@ def test_fraction_counts_as_its_share_of_the_device() -> None:
     assert decisions.pending[3].params == {"used": 1, "limit": 1, "requested": 0.75}
 
 
+def _big_and_small_shared() -> list:
+    # One shared device of 80 GiB (found first) and one of 40 GiB.
+    return [gpu_node("n1", 1, shared=[0]), gpu_node("n2", 1, memory_gib=40, shared=[0])]
+
+
+def test_unplaced_fraction_counts_as_its_share_of_the_smallest_shared_device() -> None:
+    # Regression (hypothesis, place=False): admission charged the 80 GiB device the virtual
+    # node found (30/80 each), but the engine may put each on the 40 GiB one (30/40 each):
+    # 1.5 GPUs for a user capped at 1. Unplaced, a fraction counts against the smallest.
+    pending = [job(1, user="ann", fraction_gib=30), job(2, user="ann", fraction_gib=30)]
+    for quota in (Quota("p", max_gpus_per_user=1), Quota("p", max_gpus=1)):
+        decisions = schedule(
+            snapshot(_big_and_small_shared(), pending, quotas=[quota]), place=False
+        )
+        assert admitted(decisions) == {1: None}
+        reason = decisions.pending[2]
+        assert reason.code in ("quota_user_gpus", "quota_max_gpus")
+        assert (reason.params["used"], reason.params["requested"]) == (0.75, 0.75)
+
+
+def test_placed_fraction_counts_as_its_share_of_the_device_it_lands_on() -> None:
+    pending = [job(1, user="ann", fraction_gib=30), job(2, user="ann", fraction_gib=30)]
+    quota = Quota("p", max_gpus_per_user=1)
+    decisions = schedule(snapshot(_big_and_small_shared(), pending, quotas=[quota]))
+    assert {i: p.devices[0].device for i, p in admitted(decisions).items() if p} == {
+        1: "n1-g0",
+        2: "n1-g0",
+    }
+
+
 def test_non_preemptible_work_borrows_only_what_nobody_is_guaranteed() -> None:
     # 8 GPUs; "b" is guaranteed 6, so non-preemptible work of "a" beyond its own guarantee
     # (0) may hold at most 2; preemptible work of "a" may borrow the rest.
