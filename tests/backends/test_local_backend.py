@@ -257,9 +257,11 @@ def test_a_new_backend_stops_a_job_it_did_not_start(jobs: Jobs, tmp_path: Path) 
 
 
 def test_a_wrapper_killed_without_status_is_lost(jobs: Jobs) -> None:
-    spec = jobs.spec(["sleep", "30"])
+    spec = jobs.spec(["sh", "-c", "echo started; exec sleep 30"])
     handle = jobs.launch(spec)
     process = jobs.process(handle)
+    # Kill the wrapper only once the job really runs: earlier, there is nothing left behind.
+    jobs.wait_for_log(spec, "started")
     os.kill(handle["pid"], signal.SIGKILL)
     (Path(handle["state_dir"]) / job_state.STATUS).unlink(missing_ok=True)
     status = jobs.wait(handle)
