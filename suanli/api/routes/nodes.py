@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from suanli.api.deps import CallerDep, SessionDep
 from suanli.core.states import ACTIVE
@@ -35,7 +36,7 @@ def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
     )
 
 
-def _gpu_users(session: SessionDep) -> dict[str, list[str]]:
+def _gpu_users(session: Session) -> dict[str, list[str]]:
     """Which jobs hold each GPU now, as "project/user#id"."""
     users: dict[str, list[str]] = {}
     for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE))):
