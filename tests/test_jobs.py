@@ -70,7 +70,7 @@ def test_quota_lets_two_run_and_three_wait_with_a_reason(cluster) -> None:
 
 
 def test_placement_reaches_the_process(cluster) -> None:
-    _, admin = cluster
+    server, admin = cluster
     printed = admin.jobs.submit(
         job(
             "vision",
@@ -91,6 +91,10 @@ def test_placement_reaches_the_process(cluster) -> None:
     assert output[1] == str(printed.id)
     assert [e.state for e in done.history][:1] == ["pending"]
     assert "running" in [e.state for e in done.history]
+    assert done.history[0].detail == "Submitted."
+    assert done.placement.gpus[0].uuid in done.history[1].detail  # "Admitted on …, GPUs: …"
+    chinese = Client(server.url, admin.token, language="zh-CN").jobs.get(printed.id)
+    assert chinese.history[-1].detail == "以退出码 0 结束。"
 
 
 def test_a_higher_priority_job_preempts_a_borrowed_one(cluster) -> None:
@@ -105,6 +109,7 @@ def test_a_higher_priority_job_preempts_a_borrowed_one(cluster) -> None:
     victims = [admin.jobs.get(i) for i in borrowed if admin.jobs.get(i).state != "running"]
     assert len(victims) == 1
     assert victims[0].exit is not None and victims[0].exit.reason == "preempted"
+    assert any(f"job {urgent}" in e.detail for e in victims[0].history)
 
 
 def test_a_job_over_its_memory_limit_ends_as_oom(cluster) -> None:

@@ -9,7 +9,6 @@ a second time.
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from suanli.backends.base import Backend, ExitStatus, LaunchSpec, Limits
 from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
-from suanli.db.models import Job, JobEvent, Project, utcnow
+from suanli.db.models import Job, Project, utcnow
 from suanli.scheduler import decayed_usage, gpu_charge, schedule
 from suanli.scheduler import model as sched
 from suanli.schemas.jobs import JobSpec
-from suanli.services.jobs import PRIORITIES, move, request_of
+from suanli.services.jobs import PRIORITIES, move, note, request_of
 from suanli.services.nodes import scheduler_nodes
 
 log = logging.getLogger("suanli.controllers.workloads")
@@ -94,21 +93,23 @@ class WorkloadController:
         retries = int(job.spec.get("retries", 0))
         stop = job.stop_reason
         if stop == "cancelled":
-            move(job, State.cancelled, "cancelled")
+            move(job, State.cancelled, "event.cancelled")
             job.exit_reason = "cancelled"
         elif exit.reason == "exit_code" and exit.exit_code == 0 and not stop:
-            move(job, State.succeeded, "exit code 0")
+            move(job, State.succeeded, "event.succeeded")
         elif job.attempts <= retries and exit.reason != "cancelled":
             reason = "preempted" if stop == "preempted" else exit.reason
-            self._requeue(job, f"{reason}; attempt {job.attempts} of {retries + 1}, queued again")
+            self._requeue(
+                job, "event.requeued", reason=reason, attempt=job.attempts, attempts=retries + 1
+            )
         else:
             if stop == "preempted":
                 job.exit_reason = "preempted"
-            move(job, State.failed, _describe(job))
+            move(job, State.failed, "event.failed", **_exit_params(job))
 
-    def _requeue(self, job: Job, detail: str) -> None:
+    def _requeue(self, job: Job, event: str, **params: Any) -> None:
         job.handle, job.placement, job.stop_reason, job.stop_sent_at = None, None, "", None
-        move(job, State.pending, detail)
+        move(job, State.pending, event, **params)
 
     # 2. Stops asked for by users (cancel) or by the scheduler (preemption).
     def send_stops(self) -> None:
@@ -122,15 +123,15 @@ class WorkloadController:
                 if job.handle is None:  # admitted, not launched yet: nothing to stop
                     if job.stop_reason == "cancelled":
                         job.exit_reason = "cancelled"
-                        move(job, State.cancelled, "cancelled before it started")
+                        move(job, State.cancelled, "event.cancelled_before_start")
                     else:
-                        self._requeue(job, "preempted before it started")
+                        self._requeue(job, "event.preempted_before_start")
                     continue
                 self.backend.stop(
                     job.handle, reason=job.stop_reason, grace_seconds=STOP_GRACE_SECONDS
                 )
                 job.stop_sent_at = utcnow()
-                job.events.append(JobEvent(state=job.state, detail=f"stopping: {job.stop_reason}"))
+                note(job, f"event.stopping_{job.stop_reason}")
             session.commit()
 
     # 3. Decide: one scheduler cycle over a snapshot of the database.
@@ -212,17 +213,15 @@ class WorkloadController:
                     self._requests[job.id][0], memory_of.get(devices[0].device) if devices else None
                 )
                 job.pending_code, job.pending_params, job.pending_position = "", {}, 0
-                move(job, State.admitted, _placement_text(admission.placement))
+                move(
+                    job, State.admitted, "event.admitted", **_placement_params(admission.placement)
+                )
                 admitted.append(job.id)
             for preemption in decisions.preempt:
                 victim = session.get(Job, preemption.victim)
                 if victim is not None and victim.state in ACTIVE and not victim.stop_reason:
                     victim.stop_reason = "preempted"
-                    victim.events.append(
-                        JobEvent(
-                            state=victim.state, detail=f"preempted for job {preemption.beneficiary}"
-                        )
-                    )
+                    note(victim, "event.preempted_for", job=preemption.beneficiary)
             for job_id, reason in changed_reasons.items():
                 job = session.get(Job, job_id)
                 if job is not None and job.state == State.pending:
@@ -271,7 +270,7 @@ class WorkloadController:
             if job is None or job.state != State.admitted:
                 return
             job.attempts += 1
-            move(job, State.starting, f"attempt {job.attempts}")
+            move(job, State.starting, "event.attempt", attempt=job.attempts)
             session.commit()
             spec = self._launch_spec(job)
         try:
@@ -291,7 +290,7 @@ class WorkloadController:
             job.handle = handle
             job.started_at = utcnow()
             job.warnings = list(self.backend.warnings(handle))
-            move(job, State.running, "process started")
+            move(job, State.running, "event.started")
             session.commit()
 
     def _launch_spec(self, job: Job) -> LaunchSpec:
@@ -365,16 +364,17 @@ def _placement(data: dict[str, Any] | None) -> sched.Placement:
     )
 
 
-def _placement_text(placement: sched.Placement | None) -> str:
+def _placement_params(placement: sched.Placement | None) -> dict[str, str]:
     if placement is None:
-        return "admitted"
-    devices: Sequence[str] = [d.device for d in placement.devices]
-    return f"on {placement.node}" + (f": {', '.join(devices)}" if devices else "")
+        return {"node": "-", "gpus": "-"}
+    return {"node": placement.node, "gpus": ", ".join(d.device for d in placement.devices) or "-"}
 
 
-def _describe(job: Job) -> str:
-    if job.exit_reason == "exit_code":
-        return f"exit code {job.exit_code}"
-    if job.exit_reason == "signal":
-        return f"killed by signal {job.exit_signal}"
-    return job.exit_reason + (f": {job.exit_detail}" if job.exit_detail else "")
+def _exit_params(job: Job) -> dict[str, Any]:
+    """How it ended, for the history: rendered there with the `exit.*` message."""
+    return {
+        "exit_reason": job.exit_reason,
+        "exit_code": job.exit_code,
+        "exit_signal": job.exit_signal,
+        "exit_detail": job.exit_detail,
+    }

@@ -291,6 +291,8 @@ class JobEvent(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     state: Mapped[str] = mapped_column(String(16))
+    # A catalogue key (`event.*`) and its parameters: shown in the reader's language.
     detail: Mapped[str] = mapped_column(String(2000), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     job: Mapped[Job] = relationship(back_populates="events")

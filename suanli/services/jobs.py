@@ -9,7 +9,7 @@ cancel it. Everyone else gets 404 for the project's jobs.
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -72,7 +72,7 @@ def submit(
         gpus=float(spec.resources.gpus),
         state=State.pending,
     )
-    job.events.append(JobEvent(state=State.pending, detail="submitted"))
+    note(job, "event.submitted")
     session.add(job)
     session.flush()
     audit.record(
@@ -132,11 +132,11 @@ def cancel(session: Session, actor: Actor, job_id: int) -> Job:
     if State(job.state).terminal or job.stop_reason == "cancelled":
         return job
     if job.state == State.pending:
-        move(job, State.cancelled, "cancelled by " + actor.name)
+        move(job, State.cancelled, "event.cancelled_by", user=actor.name)
         job.exit_reason = "cancelled"
     else:
         job.stop_reason = "cancelled"
-        job.events.append(JobEvent(state=job.state, detail="cancel requested by " + actor.name))
+        note(job, "event.cancel_requested", user=actor.name)
     audit.record(
         session, actor, "job.cancel", target_type="job", target=str(job.id), project=job.project
     )
@@ -189,12 +189,17 @@ def read_log(
     return LogChunk(data.decode("utf-8", errors="replace"), min(offset, size) + len(data), finished)
 
 
-def move(job: Job, state: State, detail: str = "") -> None:
+def move(job: Job, state: State, event: str, /, **params: Any) -> None:
     """Change state and record it in the history. Callers commit."""
     job.state = state
-    job.events.append(JobEvent(state=state, detail=detail[:2000]))
+    note(job, event, **params)
     if state in TERMINAL:
         job.finished_at = utcnow()
+
+
+def note(job: Job, event: str, /, **params: Any) -> None:
+    """Add to the job's history: a catalogue key (`event.*`) and its parameters."""
+    job.events.append(JobEvent(state=job.state, detail=event, params=params))
 
 
 def _may_manage(session: Session, actor: Actor, job: Job) -> None:

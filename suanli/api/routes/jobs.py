@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Query, Request
 from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
 from suanli.api.problems import language_of
 from suanli.controllers.workloads import log_path
-from suanli.db.models import Job
+from suanli.db.models import Job, JobEvent
 from suanli.i18n import translate
 from suanli.scheduler.model import Node
 from suanli.schemas.jobs import (
@@ -89,11 +89,31 @@ def job_out(job: Job, language: str) -> JobOut:
     )
 
 
+def event_text(event: JobEvent, language: str) -> str:
+    """A history entry in the reader's language; an ending also says how, as `exit.*` does."""
+    params = dict(event.params or {})
+    if params.get("exit_reason"):
+        params["how"] = translate(
+            f"exit.{params['exit_reason']}",
+            language,
+            code=params.get("exit_code"),
+            signal=params.get("exit_signal"),
+            detail=params.get("exit_detail", ""),
+        )
+    if "reason" in params:
+        params["reason"] = translate(
+            f"exit.{params['reason']}", language, code="", signal="", detail=""
+        )
+    return translate(event.detail, language, **params)
+
+
 def detail_out(job: Job, language: str) -> JobDetailOut:
     return JobDetailOut(
         **job_out(job, language).model_dump(),
         spec=job.spec,
-        history=[EventOut(at=e.at, state=e.state, detail=e.detail) for e in job.events],
+        history=[
+            EventOut(at=e.at, state=e.state, detail=event_text(e, language)) for e in job.events
+        ],
     )
 
 

@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("at", suanli.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("detail", sa.String(length=2000), nullable=False),
+        sa.Column("params", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
