@@ -14,7 +14,7 @@ from suanli.i18n import LANGUAGES, catalogue, negotiate, translate
 
 SOURCE = Path(__file__).parent.parent / "suanli"
 # Literal keys in the code: "error.x", "cli.x", "validation.x", "title.x".
-KEY = re.compile(r"""["']((?:error|cli|validation|title|event)\.[a-z_.-]+)["']""")
+KEY = re.compile(r"""["']((?:error|cli|label|validation|title|event|web)\.[a-z_.-]+)["']""")
 
 
 def placeholders(template: str) -> set[str]:

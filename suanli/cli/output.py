@@ -48,7 +48,7 @@ def error_console() -> Console:
 
 def label(group: str, value: object) -> str:
     """A stored value (a role, a token kind, an audit result) as the reader's word for it."""
-    return t(f"cli.{group}.{value}") if value else "-"
+    return t(f"label.{group}.{value}") if value else "-"
 
 
 def say(key: str, **params: Any) -> None:
@@ -64,10 +64,10 @@ def print_json(data: Any) -> None:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table whose headers are catalogue keys under `cli.col.`."""
+    """A table whose headers are catalogue keys under `label.col.`."""
     grid = Table(show_edge=False, header_style="bold")
     for column in columns:
-        grid.add_column(t(f"cli.col.{column}"))
+        grid.add_column(t(f"label.col.{column}"))
     for row in rows:
         grid.add_row(*(value if isinstance(value, Text) else Text(cell(value)) for value in row))
     console().print(grid)
@@ -79,7 +79,7 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in pairs:
-        grid.add_row(t(f"cli.col.{key}"), Text(cell(value)))
+        grid.add_row(t(f"label.col.{key}"), Text(cell(value)))
     console().print(grid)
 
 
