@@ -21,7 +21,7 @@ from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.services import accounts
-from suanli.web import docs
+from suanli.web import console, docs
 
 API_PREFIX = "/api/v1"
 
@@ -74,7 +74,7 @@ def create_app(
     app.state.settings = settings
     app.state.database = database
     app.state.wake = runtime.wake if runtime is not None else lambda: None
-    problems.install(app)
+    problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
     for module in (auth, me, users, projects, audit, jobs, nodes):
@@ -84,6 +84,7 @@ def create_app(
     app.include_router(health.public)
     problems.document(app)
     docs.install(app)
+    console.install(app)
     return app
 
 

@@ -5,6 +5,7 @@ PostgreSQL server, e.g. from `scripts/postgres start`), every database a test as
 fresh PostgreSQL database on that server instead.
 """
 
+import json
 import os
 import secrets
 import signal
@@ -190,3 +191,20 @@ def app_and_database(tmp_path: Path, database_url: str):
     prepare(settings, database)
     yield create_app(settings, database), database
     database.dispose()
+
+
+SIMULATED_A100S = json.dumps([{"count": 4, "model": "A100-SXM4-80GB", "memory_bytes": 80 * 2**30}])
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server of the module's own, with four simulated A100s (the console tests)."""
+    base = tmp_path_factory.mktemp("console")
+    url = _create_postgres_database() if POSTGRES_URL else f"sqlite:///{base / 'suanli.db'}"
+    env = {
+        "SUANLI_SIMULATED_GPUS": SIMULATED_A100S,
+        "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+    }
+    running = start_server(base / "data", url, env)
+    yield running
+    running.stop()

@@ -6,12 +6,13 @@ reference that the response names, and the response says nothing more.
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +40,11 @@ _STATUS_TYPES = {
 }
 
 
+# The console answers its own pages' errors as pages: (request, status, detail) -> a response,
+# or None where the request is not the console's.
+ErrorPage = Callable[[Request, int, str], Response | None]
+
+
 def problem(
     request: Request,
     status: int,
@@ -47,7 +53,12 @@ def problem(
     *,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> Response:
+    page: ErrorPage | None = getattr(request.app.state, "error_page", None)
+    response = page(request, status, detail) if page else None
+    if response is not None:
+        response.headers.update(headers or {})
+        return response
     language = language_of(request)
     body: dict[str, Any] = {
         "type": TYPE_BASE + type_,
@@ -62,7 +73,9 @@ def problem(
 
 
 def language_of(request: Request) -> str:
-    return negotiate(request.headers.get("accept-language"))
+    """The console sets the signed-in user's choice; API callers say theirs in Accept-Language."""
+    chosen = getattr(request.state, "language", None)
+    return chosen or negotiate(request.headers.get("accept-language"))
 
 
 def field_errors(errors: Any, language: str) -> list[dict[str, str]]:
@@ -93,7 +106,7 @@ _PATTERN_MESSAGES = {
 }
 
 
-async def _on_suanli_error(request: Request, error: SuanliError) -> JSONResponse:
+async def _on_suanli_error(request: Request, error: SuanliError) -> Response:
     language = language_of(request)
     detail = translate(error.key, language, **error.params)
     headers: dict[str, str] = {}
@@ -107,14 +120,14 @@ async def _on_suanli_error(request: Request, error: SuanliError) -> JSONResponse
     return problem(request, error.status, error.type, detail, errors=errors, headers=headers)
 
 
-async def _on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+async def _on_validation_error(request: Request, error: RequestValidationError) -> Response:
     language = language_of(request)
     errors = field_errors(error.errors(), language)
     detail = translate("error.validation", language, count=len(errors))
     return problem(request, 422, "validation-error", detail, errors=errors)
 
 
-async def _on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+async def _on_http_error(request: Request, error: StarletteHTTPException) -> Response:
     language = language_of(request)
     status = error.status_code
     type_ = _STATUS_TYPES.get(status, "bad-request")
@@ -132,7 +145,7 @@ async def _on_http_error(request: Request, error: StarletteHTTPException) -> JSO
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
-async def _on_database_error(request: Request, error: DBAPIError) -> JSONResponse:
+async def _on_database_error(request: Request, error: DBAPIError) -> Response:
     """A collision with a concurrent request is a conflict the caller may retry, not a 500."""
     if getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
         detail = translate("error.conflict", language_of(request))
@@ -140,7 +153,7 @@ async def _on_database_error(request: Request, error: DBAPIError) -> JSONRespons
     return await _on_unexpected(request, error)
 
 
-async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, error: Exception) -> Response:
     ref = uuid.uuid4().hex[:12]
     log.error("unhandled error %s on %s %s", ref, request.method, request.url.path, exc_info=error)
     detail = translate("error.internal", language_of(request), ref=ref)
@@ -190,7 +203,8 @@ def document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, page: ErrorPage | None = None) -> None:
+    app.state.error_page = page
     app.add_exception_handler(SuanliError, _on_suanli_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http_error)  # type: ignore[arg-type]

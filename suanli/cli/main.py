@@ -94,6 +94,8 @@ def server(
         access_log=settings.log_level == "debug",
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        # Browsers following a job's log hold a stream open; do not wait for them forever.
+        timeout_graceful_shutdown=5,
     )
     uvicorn.Server(uv).run(sockets=[listener])
 

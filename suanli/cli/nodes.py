@@ -7,24 +7,32 @@ from rich.text import Text
 
 from suanli.cli.output import JsonOption, label, print_json, say, table
 from suanli.cli.session import connect
+from suanli.core import states
 from suanli.core.quantities import format_bytes
 from suanli.schemas.nodes import GpuOut
 
 nodes_app = typer.Typer(help="Nodes: list, drain, undrain.", no_args_is_help=True)
 gpus_app = typer.Typer(help="GPUs: list, drain, undrain, share.", no_args_is_help=True)
 Reason = Annotated[str, typer.Option(help="Why, shown to users.")]
+_STYLES = {
+    "missing": "bold red",
+    "drained": "yellow",
+    "in_use": "green",
+    "shared_in_use": "green",
+    "free": "cyan",
+    "shared_free": "cyan",
+}
 
 
 def gpu_state(gpu: GpuOut) -> Text:
-    """free / in use / shared / drained / missing, with a colour; simulated devices say so."""
-    if not gpu.present:
-        state, style = "missing", "bold red"
-    elif not gpu.schedulable:
-        state, style = "drained", "yellow"
-    elif gpu.used_by:
-        state, style = ("shared_in_use" if gpu.shared else "in_use"), "green"
-    else:
-        state, style = ("shared_free" if gpu.shared else "free"), "cyan"
+    """The GPU's state word with a colour; simulated devices say so."""
+    state = states.gpu_state(
+        present=gpu.present,
+        schedulable=gpu.schedulable,
+        shared=gpu.shared,
+        in_use=bool(gpu.used_by),
+    )
+    style = _STYLES[state]
     text = Text(label("gpu", state), style=style)
     if gpu.simulated:
         text.append(" " + label("gpu", "simulated"), style="dim")

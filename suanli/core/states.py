@@ -43,3 +43,15 @@ _NEXT: dict[State, frozenset[State]] = {
 
 def can_move(current: State, target: State) -> bool:
     return target in _NEXT.get(current, frozenset())
+
+
+def gpu_state(*, present: bool, schedulable: bool, shared: bool, in_use: bool) -> str:
+    """A GPU as people see it: free / in_use / shared_free / shared_in_use / drained /
+    missing. The CLI and the console both show this word (catalogue `label.gpu.*`)."""
+    if not present:
+        return "missing"
+    if not schedulable:
+        return "drained"
+    if shared:
+        return "shared_in_use" if in_use else "shared_free"
+    return "in_use" if in_use else "free"

@@ -3,14 +3,12 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from suanli.api.deps import CallerDep, SessionDep
-from suanli.core.states import ACTIVE
-from suanli.db.models import Job, Node
+from suanli.db.models import Node
 from suanli.schemas.nodes import GpuOut, GpuUpdate, NodeOut, NodeUpdate
-from suanli.services import nodes
+from suanli.services import cluster, nodes
 
 router = APIRouter(tags=["nodes"])
 NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
@@ -37,12 +35,8 @@ def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
 
 
 def _gpu_users(session: Session) -> dict[str, list[str]]:
-    """Which jobs hold each GPU now, as "project/user#id"."""
-    users: dict[str, list[str]] = {}
-    for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE))):
-        for gpu in (job.placement or {}).get("gpus", []):
-            users.setdefault(gpu["uuid"], []).append(f"{job.user_name}#{job.id}")
-    return users
+    """Which jobs hold each GPU now, as "user#id"."""
+    return {uuid: [h.label for h in held] for uuid, held in cluster.gpu_holders(session).items()}
 
 
 @router.get("/nodes", response_model=list[NodeOut])

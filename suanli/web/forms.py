@@ -1,0 +1,188 @@
+"""HTML forms to the API's request schemas, and the schemas' errors back to form fields.
+
+A form is validated by the very schema the REST API uses, so the console and the API accept
+and refuse the same things with the same messages. Form inputs are named by the schema
+field's dotted path (`resources.gpus`), which is also what an error names.
+"""
+
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from suanli.api.problems import field_errors
+from suanli.core.errors import SuanliError
+from suanli.core.quantities import parse_bytes
+from suanli.i18n import translate
+from suanli.schemas.jobs import SIZE_PATTERN
+
+Errors = dict[str, str]
+
+
+def fields(form: FormData) -> dict[str, str]:
+    """The text fields of a form (the last value where a name repeats), CSRF token left out."""
+    return {
+        key: value
+        for key, value in form.multi_items()
+        if isinstance(value, str) and key != "csrf_token"
+    }
+
+
+def errors_of(error: ValidationError | SuanliError, language: str) -> Errors:
+    """Field → message; a message about no field in particular goes under ""."""
+    if isinstance(error, ValidationError):
+        found: Errors = {}
+        for entry in field_errors(error.errors(), language):
+            found.setdefault(entry["field"], entry["message"])
+        return found
+    return {error.field or "": translate(error.key, language, **error.params)}
+
+
+def number(value: str) -> int | float | str:
+    """A typed number as a number; anything else stays text for the schema to refuse."""
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def size(value: str) -> int | str:
+    """ "16Gi" or "1024" as bytes; anything else stays text for the schema to refuse."""
+    text = value.strip()
+    return parse_bytes(text) if re.match(SIZE_PATTERN, text) else text
+
+
+def optional(values: Mapping[str, str], name: str) -> str | None:
+    value = values.get(name, "").strip()
+    return value or None
+
+
+class FormError(Exception):
+    """A field that could not even be read (bad YAML, an unclosed quote)."""
+
+    def __init__(self, field: str, key: str, **params: Any):
+        self.field, self.key, self.params = field, key, params
+        super().__init__(key)
+
+
+def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
+    """The job form (or its YAML text) as a JobSpec document. Sizes and durations stay as
+    typed ("16Gi", "2h"): the schema reads them, and the YAML view shows them as written."""
+    if values.get("mode") == "yaml":
+        return _yaml_spec(values.get("yaml", ""))
+    spec: dict[str, Any] = {"project": values.get("project", "")}
+    for name in ("name", "workdir", "priority", "max_duration"):
+        if value := optional(values, name):
+            spec[name] = value
+    if values.get("mode") == "script":
+        spec["script"] = values.get("script", "").replace("\r\n", "\n")
+    else:
+        try:
+            spec["command"] = shlex.split(values.get("command", ""))
+        except ValueError:
+            raise FormError("command", "web.error.unclosed_quote") from None
+    env = _env(values.get("env", ""))
+    if env:
+        spec["env"] = env
+    resources: dict[str, Any] = {}
+    gpu_kind = values.get("gpu_kind", "whole")
+    if gpu_kind == "whole" and (gpus := optional(values, "resources.gpus")):
+        resources["gpus"] = number(gpus)
+        if model := optional(values, "resources.gpu_model"):
+            resources["gpu_model"] = model
+    if gpu_kind == "fraction":
+        if memory := optional(values, "resources.gpu_memory"):
+            resources["gpu_memory"] = memory
+        if compute := optional(values, "resources.gpu_compute_percent"):
+            resources["gpu_compute_percent"] = number(compute)
+    if cpus := optional(values, "resources.cpus"):
+        resources["cpus"] = number(cpus)
+    if memory := optional(values, "resources.memory"):
+        resources["memory"] = memory
+    if resources:
+        spec["resources"] = resources
+    if retries := optional(values, "retries"):
+        spec["retries"] = number(retries)
+    spec["preemptible"] = values.get("preemptible") == "on"
+    return spec
+
+
+def _env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for number_, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise FormError("env", "web.error.env_line", line=number_)
+        env[name.strip()] = value
+    return env
+
+
+def _yaml_spec(text: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise FormError("yaml", "web.error.yaml_syntax", line=line) from None
+    if not isinstance(document, dict):
+        raise FormError("yaml", "web.error.yaml_mapping")
+    return document
+
+
+def spec_yaml(spec: Mapping[str, Any]) -> str:
+    """A spec as the YAML `suanli submit -f` takes, defaults left out."""
+    shown = {key: value for key, value in spec.items() if value not in (None, "", {}, [])}
+    if shown.get("preemptible") is True:
+        shown.pop("preemptible")
+    return yaml.safe_dump(shown, allow_unicode=True, sort_keys=False, default_flow_style=False)
+
+
+def form_of_spec(spec: Mapping[str, Any]) -> dict[str, str]:
+    """A stored spec back into form fields: "edit and submit again" starts from it."""
+    resources = spec.get("resources") or {}
+    values = {
+        "project": spec.get("project", ""),
+        "name": spec.get("name") or "",
+        "workdir": spec.get("workdir") or "",
+        "priority": spec.get("priority", "normal"),
+        "max_duration": str(spec.get("max_duration") or ""),
+        "retries": str(spec.get("retries") or ""),
+        "preemptible": "on" if spec.get("preemptible", True) else "",
+        "env": "\n".join(f"{k}={v}" for k, v in (spec.get("env") or {}).items()),
+        "resources.cpus": f"{resources.get('cpus', 1):g}",
+        "resources.memory": size_text(resources.get("memory")),
+    }
+    if spec.get("script"):
+        values.update(mode="script", script=spec["script"])
+    else:
+        values.update(mode="command", command=shlex.join(spec.get("command") or []))
+    if resources.get("gpu_memory") or resources.get("gpu_compute_percent"):
+        values["gpu_kind"] = "fraction"
+        values["resources.gpu_memory"] = size_text(resources.get("gpu_memory"))
+        values["resources.gpu_compute_percent"] = str(resources.get("gpu_compute_percent") or "")
+    else:
+        values["gpu_kind"] = "whole"
+        values["resources.gpus"] = str(resources.get("gpus", 0))
+        values["resources.gpu_model"] = resources.get("gpu_model") or ""
+    return values
+
+
+def size_text(value: int | None) -> str:
+    """Bytes as the largest binary unit that divides them exactly: 17179869184 → "16Gi"."""
+    if not value:
+        return ""
+    for unit, factor in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)

@@ -1,0 +1,259 @@
+"""Jobs in the console: the list, the submit form (with checks as you type), a job's page with
+its live log, cancel and resubmit."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from suanli.api.deps import SessionDep, SettingsDep, get_database
+from suanli.api.routes.jobs import event_text, job_out
+from suanli.controllers.workloads import log_path
+from suanli.core.errors import SuanliError
+from suanli.core.roles import ProjectRole
+from suanli.core.states import State
+from suanli.db.models import Job
+from suanli.i18n import translate
+from suanli.scheduler import check_feasible
+from suanli.schemas.jobs import JobListQuery, JobSpec
+from suanli.schemas.types import MAX_INT32
+from suanli.services import jobs, nodes, projects
+from suanli.web import forms, render, session
+from suanli.web.session import Viewer
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
+ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
+JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+STATES = ("active", "pending", "running", "succeeded", "failed", "cancelled", "finished")
+LOG_POLL_SECONDS = 0.5
+LOG_CHUNK = 256 * 1024
+STREAM_SECONDS = 60.0
+
+
+@router.get("/jobs")
+def list_jobs(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    filters = {
+        key: request.query_params[key]
+        for key in ("project", "state", "user")
+        if request.query_params.get(key)
+    }
+    errors: forms.Errors = {}
+    try:
+        found = jobs.list_jobs(db, viewer.actor, JobListQuery.model_validate(filters))
+    except ValidationError as error:
+        errors, found = forms.errors_of(error, request.state.language), []
+    language = request.state.language
+    return render.page(
+        request,
+        "jobs.html",
+        status=422 if errors else 200,
+        nav="jobs",
+        jobs=[job_out(job, language) for job in found],
+        filters=filters,
+        errors=errors,
+        states=STATES,
+        projects=projects.list_projects(db, viewer.actor),
+    )
+
+
+def _submit_page(
+    request: Request,
+    db: Session,
+    viewer: Viewer,
+    values: dict[str, str],
+    errors: forms.Errors,
+    status: int = 200,
+) -> Response:
+    gpu_models = sorted({gpu.model for node in nodes.list_nodes(db) for gpu in node.gpus})
+    return render.page(
+        request,
+        "job_new.html",
+        status=status,
+        nav="jobs",
+        values=values,
+        errors=errors,
+        preview=_preview(values),
+        gpu_models=gpu_models,
+        projects=[
+            v
+            for v in projects.list_projects(db, viewer.actor)
+            if v.my_role is not None and v.my_role.at_least(ProjectRole.member)
+        ],
+    )
+
+
+def _preview(values: dict[str, str]) -> str:
+    try:
+        return forms.spec_yaml(forms.job_spec(values))
+    except forms.FormError:
+        return ""
+
+
+@router.get("/jobs/new")
+def new_job(
+    request: Request, db: SessionDep, viewer: ViewerDep, project: str = "", like: int = 0
+) -> Response:
+    """The submit form; `like` starts from an earlier job's spec (edit and submit again)."""
+    values = {
+        "project": project,
+        "mode": "command",
+        "gpu_kind": "whole",
+        "priority": "normal",
+        "preemptible": "on",
+        "resources.gpus": "1",
+        "resources.cpus": "1",
+        "resources.memory": "4Gi",
+    }
+    if like:
+        values = forms.form_of_spec(jobs.get_job(db, viewer.actor, like).spec)
+    return _submit_page(request, db, viewer, values, {})
+
+
+def _check(request: Request, values: dict[str, str]) -> tuple[JobSpec | None, forms.Errors]:
+    """The form as a spec, or what is wrong with it: the schema's rules, then whether any node
+    could ever run it."""
+    language = request.state.language
+    try:
+        spec = JobSpec.model_validate(forms.job_spec(values))
+    except forms.FormError as error:
+        return None, {error.field: translate(error.key, language, **error.params)}
+    except ValidationError as error:
+        return None, forms.errors_of(error, language)
+    with get_database(request).reading() as reading:
+        problem = check_feasible(jobs.request_of(spec), nodes.scheduler_nodes(reading))
+    if problem is not None:
+        code, params = problem
+        return spec, {"resources": translate(f"infeasible.{code}", language, **params)}
+    return spec, {}
+
+
+@router.post("/jobs/check")
+async def check_job(request: Request, viewer: ViewerDep) -> Response:
+    """As you type: the form's errors and its YAML, swapped into the page by htmx."""
+    values = forms.fields(await request.form())
+    _, errors = await to_thread.run_sync(_check, request, values)
+    return render.page(
+        request, "job_check.html", errors=errors, preview=_preview(values), values=values
+    )
+
+
+@router.post("/jobs/new")
+async def submit_job(request: Request, viewer: ViewerDep) -> Response:
+    values = forms.fields(await request.form())
+    return await to_thread.run_sync(_submit, request, viewer, values)
+
+
+def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Response:
+    database = get_database(request)
+    spec, errors = _check(request, values)
+    if spec is not None and not errors:
+        unix_users = request.app.state.settings.unix_users
+        try:
+            with database.reading() as reading:
+                inventory = nodes.scheduler_nodes(reading)
+            with database.writing() as db:
+                job_id = jobs.submit(db, viewer.actor, spec, inventory, unix_users).id
+        except SuanliError as error:
+            errors = forms.errors_of(error, request.state.language)
+        else:
+            request.app.state.wake()
+            return render.redirect(f"/jobs/{job_id}", flash="web.flash.submitted")
+    with database.reading() as db:
+        return _submit_page(request, db, viewer, values, errors, status=422)
+
+
+@router.get("/jobs/{job_id}")
+def show_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    job = jobs.get_job(db, viewer.actor, job_id)
+    language = request.state.language
+    return render.page(
+        request,
+        "job.html",
+        nav="jobs",
+        job=job_out(job, language),
+        spec_yaml=forms.spec_yaml(job.spec),
+        history=[(event, event_text(event, language)) for event in job.events],
+        active=not State(job.state).terminal,
+        can_cancel=_can_cancel(db, viewer, job),
+    )
+
+
+def _can_cancel(db: Session, viewer: Viewer, job: Job) -> bool:
+    if State(job.state).terminal:
+        return False
+    if viewer.actor.is_admin or job.user_id == viewer.user.id:
+        return True
+    _, role = projects.access(db, viewer.actor, job.project.name)
+    return role is not None and role.at_least(ProjectRole.owner)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    jobs.cancel(db, viewer.actor, job_id)
+    request.app.state.wake()
+    return render.redirect(f"/jobs/{job_id}", flash="web.flash.cancel_requested")
+
+
+@router.post("/jobs/{job_id}/resubmit")
+def resubmit_job(
+    job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
+    with get_database(request).reading() as reading:
+        inventory = nodes.scheduler_nodes(reading)
+    job = jobs.resubmit(db, viewer.actor, job_id, inventory, settings.unix_users)
+    request.app.state.wake()
+    return render.redirect(f"/jobs/{job.id}", flash="web.flash.resubmitted")
+
+
+@router.get("/jobs/{job_id}/log")
+async def follow_log(job_id: JobId, request: Request, viewer: ViewerDep) -> Response:
+    """Server-sent events: `log` with new output as it is written, `end` when the job has
+    ended and everything was sent. Access is checked at every read: a session that ends or
+    loses the project stops the stream. A stream lasts a minute at most; the browser then
+    reconnects and goes on from the last event's id (the log offset), losing nothing."""
+    settings = request.app.state.settings
+    database = get_database(request)
+    path = log_path(settings, job_id)
+
+    def read(offset: int) -> jobs.LogChunk:
+        with database.reading() as db:
+            return jobs.read_log(
+                db, viewer.actor, job_id, path, offset=offset, limit=LOG_CHUNK, tail=None
+            )
+
+    resume = request.headers.get("last-event-id", "0")
+    start = int(resume) if resume.isdigit() else 0
+    first = await to_thread.run_sync(read, start)  # 404 here, before the stream starts
+    deadline = asyncio.get_running_loop().time() + STREAM_SECONDS
+
+    async def events() -> AsyncIterator[str]:
+        chunk = first
+        while asyncio.get_running_loop().time() < deadline:
+            if chunk.text:
+                data = json.dumps({"text": chunk.text})
+                yield f"id: {chunk.next_offset}\nevent: log\ndata: {data}\n\n"
+            elif chunk.finished:
+                yield "event: end\ndata: {}\n\n"
+                return
+            else:
+                yield ": waiting\n\n"
+                await asyncio.sleep(LOG_POLL_SECONDS)
+            if await request.is_disconnected():
+                return
+            try:
+                chunk = await to_thread.run_sync(read, chunk.next_offset)
+            except SuanliError:
+                yield "event: end\ndata: {}\n\n"
+                return
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

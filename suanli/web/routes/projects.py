@@ -1,0 +1,200 @@
+"""Projects: members and roles, quotas against current use, the project's jobs. Owners manage
+members; administrators create projects (or everyone, by setting) and set quotas."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from suanli.api.deps import SessionDep, SettingsDep
+from suanli.api.routes.jobs import job_out
+from suanli.core.errors import SuanliError
+from suanli.core.names import NAME_PATTERN
+from suanli.core.roles import ProjectRole
+from suanli.i18n import translate
+from suanli.schemas.jobs import JobListQuery
+from suanli.schemas.projects import MemberAdd, MemberUpdate, ProjectCreate, QuotaUpdate
+from suanli.services import cluster, jobs, projects
+from suanli.web import forms, render, session
+from suanli.web.session import Viewer
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
+ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
+ProjectName = Annotated[str, Path(pattern=NAME_PATTERN)]
+UserName = Annotated[str, Path(pattern=NAME_PATTERN)]
+QUOTA_NUMBERS = ("guaranteed_gpus", "max_gpus", "max_gpus_per_user", "cpus")
+QUOTA_SIZES = ("memory_bytes", "storage_bytes")
+
+
+def _list_page(
+    request: Request,
+    db: Session,
+    viewer: Viewer,
+    settings: SettingsDep,
+    values: dict[str, str] | None = None,
+    errors: forms.Errors | None = None,
+    status: int = 200,
+) -> Response:
+    views = projects.list_projects(db, viewer.actor)
+    usage = cluster.project_usage(db, [v.project.id for v in views])
+    return render.page(
+        request,
+        "projects.html",
+        status=status,
+        nav="projects",
+        projects=[(v, usage[v.project.id]) for v in views],
+        can_create=viewer.actor.is_admin or settings.users_can_create_projects,
+        values=values or {},
+        errors=errors or {},
+    )
+
+
+@router.get("/projects")
+def list_projects(
+    request: Request, db: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
+    return _list_page(request, db, viewer, settings)
+
+
+@router.post("/projects")
+async def create_project(
+    request: Request, db: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
+    values = forms.fields(await request.form())
+    try:
+        body = ProjectCreate.model_validate(
+            {k: v for k, v in values.items() if k in ("name", "display_name", "description")}
+        )
+        view = projects.create_project(
+            db,
+            viewer.actor,
+            settings,
+            name=body.name,
+            display_name=body.display_name,
+            description=body.description,
+        )
+    except (ValidationError, SuanliError) as error:
+        db.rollback()
+        errors = forms.errors_of(error, request.state.language)
+        return _list_page(request, db, viewer, settings, values, errors, status=_status(error))
+    return render.redirect(f"/projects/{view.project.name}", flash="web.flash.project_created")
+
+
+def _status(error: ValidationError | SuanliError) -> int:
+    return error.status if isinstance(error, SuanliError) else 422
+
+
+def _project_page(
+    request: Request,
+    db: Session,
+    viewer: Viewer,
+    name: str,
+    errors: forms.Errors | None = None,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    view = projects.get_project(db, viewer.actor, name)
+    language = request.state.language
+    found = jobs.list_jobs(db, viewer.actor, JobListQuery(project=name, limit=50))
+    role = view.my_role
+    return render.page(
+        request,
+        "project.html",
+        status=status,
+        nav="projects",
+        view=view,
+        quota=view.project.quota,
+        usage=cluster.project_usage(db, [view.project.id])[view.project.id],
+        members=projects.list_members(db, viewer.actor, name),
+        jobs=[job_out(job, language) for job in found],
+        can_manage=viewer.actor.is_admin or (role is not None and role.at_least(ProjectRole.owner)),
+        can_submit=role is not None and role.at_least(ProjectRole.member),
+        roles=[r.value for r in ProjectRole],
+        errors=errors or {},
+        values=values or {},
+    )
+
+
+@router.get("/projects/{name}")
+def show_project(
+    name: ProjectName, request: Request, db: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _project_page(request, db, viewer, name)
+
+
+@router.post("/projects/{name}/members")
+async def add_member(
+    name: ProjectName, request: Request, db: SessionDep, viewer: ViewerDep
+) -> Response:
+    values = forms.fields(await request.form())
+    try:
+        body = MemberAdd.model_validate(
+            {"user": values.get("user", ""), "role": values.get("role")}
+        )
+        projects.add_member(db, viewer.actor, name, body.user, body.role)
+    except (ValidationError, SuanliError) as error:
+        db.rollback()
+        errors = {f"member.{k}" if k else "member": v for k, v in _errors(request, error).items()}
+        return _project_page(request, db, viewer, name, errors, values, status=_status(error))
+    return render.redirect(f"/projects/{name}", flash="web.flash.member_added")
+
+
+def _errors(request: Request, error: ValidationError | SuanliError) -> forms.Errors:
+    return forms.errors_of(error, request.state.language)
+
+
+@router.post("/projects/{name}/members/{user}")
+async def change_member(
+    name: ProjectName, user: UserName, request: Request, db: SessionDep, viewer: ViewerDep
+) -> Response:
+    """Change a member's role, or remove them (`role` = remove)."""
+    values = forms.fields(await request.form())
+    try:
+        if values.get("role") == "remove":
+            projects.remove_member(db, viewer.actor, name, user)
+            flash = "web.flash.member_removed"
+        else:
+            body = MemberUpdate.model_validate({"role": values.get("role")})
+            projects.set_member_role(db, viewer.actor, name, user, body.role)
+            flash = "web.flash.member_changed"
+    except (ValidationError, SuanliError) as error:
+        db.rollback()
+        errors = {f"members.{user}": " ".join(_errors(request, error).values())}
+        return _project_page(request, db, viewer, name, errors, status=_status(error))
+    return render.redirect(f"/projects/{name}", flash=flash)
+
+
+@router.post("/projects/{name}/quota")
+async def set_quota(
+    name: ProjectName, request: Request, db: SessionDep, viewer: ViewerDep
+) -> Response:
+    """Every field at once: an empty one lifts the limit (guaranteed GPUs: 0)."""
+    values = forms.fields(await request.form())
+    changes: dict[str, object] = {}
+    for field in QUOTA_NUMBERS:
+        text = values.get(field, "").strip()
+        changes[field] = forms.number(text) if text else None
+    for field in QUOTA_SIZES:
+        text = values.get(field, "").strip()
+        changes[field] = forms.size(text) if text else None
+    if changes["guaranteed_gpus"] is None:
+        changes["guaranteed_gpus"] = 0
+    if isinstance(changes["cpus"], int):
+        changes["cpus"] = float(changes["cpus"])
+    unreadable = {
+        f"quota.{field}": translate("validation.size_parsing", request.state.language)
+        for field in QUOTA_SIZES
+        if isinstance(changes[field], str)
+    }
+    if unreadable:
+        return _project_page(request, db, viewer, name, unreadable, values, status=422)
+    try:
+        body = QuotaUpdate.model_validate(changes)
+        projects.set_quota(db, viewer.actor, name, body.model_dump())
+    except (ValidationError, SuanliError) as error:
+        db.rollback()
+        errors = {f"quota.{k}" if k else "quota": v for k, v in _errors(request, error).items()}
+        return _project_page(request, db, viewer, name, errors, values, status=_status(error))
+    return render.redirect(f"/projects/{name}", flash="web.flash.quota_saved")

@@ -1,0 +1,48 @@
+// Suanli console: the little the pages need beyond htmx. Follow a job's log (server-sent
+// events), ask before destructive actions, switch the submit form's tabs.
+"use strict";
+
+function followLog(pre) {
+  const status = document.getElementById("log-status");
+  const source = new EventSource(pre.dataset.follow);
+  const atBottom = () => pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+  source.addEventListener("log", (event) => {
+    const stick = atBottom();
+    if (pre.dataset.empty === "1") { pre.textContent = ""; pre.dataset.empty = "0"; }
+    pre.append(document.createTextNode(JSON.parse(event.data).text));
+    if (stick) pre.scrollTop = pre.scrollHeight;
+  });
+  source.addEventListener("end", () => {
+    source.close();
+    if (status) { status.classList.add("done"); status.textContent = status.dataset.done; }
+  });
+}
+
+function showMode(form) {
+  const mode = form.querySelector("input[name=mode]:checked");
+  const gpu = form.querySelector("input[name=gpu_kind]:checked");
+  form.querySelectorAll("[data-mode]").forEach((el) => {
+    el.hidden = mode && !el.dataset.mode.split(" ").includes(mode.value);
+  });
+  form.querySelectorAll("[data-gpu]").forEach((el) => {
+    el.hidden = gpu && el.dataset.gpu !== gpu.value;
+  });
+}
+
+function setUp(root) {
+  root.querySelectorAll("pre[data-follow]").forEach((pre) => {
+    if (!pre.dataset.started) { pre.dataset.started = "1"; followLog(pre); }
+  });
+  root.querySelectorAll("form[data-job-form]").forEach((form) => {
+    showMode(form);
+    form.addEventListener("change", () => showMode(form));
+  });
+}
+
+document.addEventListener("submit", (event) => {
+  const message = event.submitter && event.submitter.dataset.confirm;
+  if (message && !window.confirm(message)) event.preventDefault();
+}, true);
+
+document.addEventListener("DOMContentLoaded", () => setUp(document));
+document.addEventListener("htmx:afterSettle", (event) => setUp(event.target));
