@@ -5,8 +5,13 @@ import re
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
+from suanli.web.console import is_console
+
 PUBLIC = {
     ("POST", "/api/v1/auth/login"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/language"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
@@ -26,6 +31,8 @@ def test_every_route_but_the_public_ones_requires_authentication(app_and_databas
     client = TestClient(app)
     checked = 0
     for route in routes(app):
+        if is_console(route.path):
+            continue
         for method in sorted(route.methods - {"HEAD"}):
             path = re.sub(r"\{token_id\}", "1", route.path)
             path = re.sub(r"\{[^}]+\}", "someone", path)
@@ -38,6 +45,43 @@ def test_every_route_but_the_public_ones_requires_authentication(app_and_databas
             assert response.json()["type"] == "urn:suanli:problem:unauthenticated"
             checked += 1
     assert checked >= 25  # the walk really covered the API
+
+
+def test_every_console_page_but_login_needs_a_session_and_every_form_a_csrf_token(
+    app_and_database,
+) -> None:
+    """Pages send a stranger to the login page; state-changing requests without the CSRF
+    token are refused before anything else, and with an anonymous one still need a session."""
+    app, _ = app_and_database
+    client = TestClient(app, follow_redirects=False)
+    anonymous_csrf = "a" * 32
+    checked = 0
+    for route in routes(app):
+        if not is_console(route.path) or route.path == "/docs":
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            path = re.sub(r"\{(job_id|token_id)\}", "1", route.path)
+            path = re.sub(r"\{[^}]+\}", "someone", path)
+            if method == "GET":
+                response = client.get(path)
+                if (method, route.path) in PUBLIC:
+                    assert response.status_code == 200, (method, route.path)
+                    continue
+                assert response.status_code == 303, (method, route.path, response.status_code)
+                assert response.headers["location"].startswith("/login"), route.path
+            else:
+                refused = client.post(path, data={"language": "en"})
+                assert refused.status_code == 403, (method, route.path, refused.status_code)
+                client.cookies.set("suanli_csrf", anonymous_csrf)
+                response = client.post(path, data={"csrf_token": anonymous_csrf, "language": "en"})
+                client.cookies.clear()
+                if (method, route.path) in PUBLIC:
+                    assert response.status_code != 403, (method, route.path)
+                    continue
+                assert response.status_code == 303, (method, route.path, response.status_code)
+                assert response.headers["location"].startswith("/login"), route.path
+            checked += 1
+    assert checked >= 20  # the walk really covered the console
 
 
 def test_only_static_files_are_mounted(app_and_database) -> None:

@@ -140,12 +140,43 @@ def _yaml_spec(text: str) -> dict[str, Any]:
     return document
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line text (a script) as a literal block, the way people write it."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+_SIZES = ("memory", "gpu_memory")
+_DEFAULTS = {"preemptible": True, "retries": 0}
+
+
+def _readable(value: Any) -> Any:
+    """Nothing empty, sizes as 16Gi rather than bytes, defaults left out."""
+    if isinstance(value, Mapping):
+        shown = {}
+        for key, item in value.items():
+            if item in (None, "", {}, []) or _DEFAULTS.get(key, object()) == item:
+                continue
+            shown[key] = (
+                size_text(item) if key in _SIZES and isinstance(item, int) else _readable(item)
+            )
+        return shown
+    return value
+
+
 def spec_yaml(spec: Mapping[str, Any]) -> str:
-    """A spec as the YAML `suanli submit -f` takes, defaults left out."""
-    shown = {key: value for key, value in spec.items() if value not in (None, "", {}, [])}
-    if shown.get("preemptible") is True:
-        shown.pop("preemptible")
-    return yaml.safe_dump(shown, allow_unicode=True, sort_keys=False, default_flow_style=False)
+    """A spec as the YAML `suanli submit -f` takes."""
+    return yaml.dump(
+        _readable(spec),
+        Dumper=_Dumper,
+        allow_unicode=True,
+        sort_keys=False,
+        default_flow_style=False,
+    )
 
 
 def form_of_spec(spec: Mapping[str, Any]) -> dict[str, str]:

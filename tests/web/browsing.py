@@ -1,4 +1,4 @@
-"""Fixtures and helpers of the console tests: a real Chromium (Debian's /usr/bin/chromium)
+"""Helpers of the console tests: a real Chromium (Debian's /usr/bin/chromium)
 driven by Playwright, against a real server with simulated GPUs.
 
 Nothing downloads a browser: `scripts/test` installs Debian's chromium (and a CJK font, so
@@ -7,18 +7,13 @@ written to `test-artifacts/screenshots/` (or $SUANLI_ARTIFACTS) for people to lo
 """
 
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-
-from suanli.client import Client
+from playwright.sync_api import Browser, BrowserContext, Page
 
 if TYPE_CHECKING:
-    from conftest import RunningServer
+    from tests.conftest import RunningServer
 
 ADMIN_PASSWORD = "admin-test-password"  # as tests/conftest.py starts its servers
 
@@ -36,26 +31,6 @@ ARTIFACTS = Path(os.environ.get("SUANLI_ARTIFACTS", Path(__file__).parents[2] / 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
-def admin_api(console: "RunningServer") -> Iterator[Client]:
-    client = console.client()
-    client.login("admin", ADMIN_PASSWORD)
-    yield client
-    client.close()
-
-
 def new_context(
     browser: Browser, console: "RunningServer", locale: str = "en-US"
 ) -> BrowserContext:
@@ -64,13 +39,6 @@ def new_context(
     )
     context.set_default_timeout(15_000)
     return context
-
-
-@pytest.fixture
-def context(browser: Browser, console: "RunningServer") -> Iterator[BrowserContext]:
-    ctx = new_context(browser, console)
-    yield ctx
-    ctx.close()
 
 
 def log_in(page: Page, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:

@@ -183,18 +183,25 @@ async def set_quota(
         changes["guaranteed_gpus"] = 0
     if isinstance(changes["cpus"], int):
         changes["cpus"] = float(changes["cpus"])
-    unreadable = {
+    # Sizes that are not sizes, and what the schema refuses, are shown together.
+    status = 422
+    errors = {
         f"quota.{field}": translate("validation.size_parsing", request.state.language)
         for field in QUOTA_SIZES
         if isinstance(changes[field], str)
     }
-    if unreadable:
-        return _project_page(request, db, viewer, name, unreadable, values, status=422)
     try:
-        body = QuotaUpdate.model_validate(changes)
-        projects.set_quota(db, viewer.actor, name, body.model_dump())
+        body = QuotaUpdate.model_validate(
+            {k: None if f"quota.{k}" in errors else v for k, v in changes.items()}
+        )
+        if not errors:
+            projects.set_quota(db, viewer.actor, name, body.model_dump())
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        errors = {f"quota.{k}" if k else "quota": v for k, v in _errors(request, error).items()}
-        return _project_page(request, db, viewer, name, errors, values, status=_status(error))
+        errors.update(
+            {f"quota.{k}" if k else "quota": v for k, v in _errors(request, error).items()}
+        )
+        status = _status(error)
+    if errors:
+        return _project_page(request, db, viewer, name, errors, values, status=status)
     return render.redirect(f"/projects/{name}", flash="web.flash.quota_saved")

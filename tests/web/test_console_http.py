@@ -1,0 +1,205 @@
+"""The console over plain HTTP on a real server: session cookies, CSRF, redirects, tenant
+isolation, the live log stream, and pages complete in both languages."""
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from browsing import ADMIN_PASSWORD
+
+from suanli.client import Client
+
+CATALOGUE_KEY = re.compile(
+    r"\b(?:web|label|error|validation|title|reason|exit|event)\.[a-z_]+\.?[a-z_]*"
+)
+
+
+JOB_LINK = re.compile(r'href="/jobs/(\d+)"')
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+class Browser:
+    """A cookie-keeping HTTP client that logs in through the console's form, as a browser."""
+
+    def __init__(self, url: str, language: str = "en"):
+        self.http = httpx.Client(
+            base_url=url, follow_redirects=False, headers={"Accept-Language": language}
+        )
+        self.csrf = ""
+
+    def page(self, path: str, status: int = 200) -> str:
+        response = self.http.get(path)
+        assert response.status_code == status, (path, response.status_code, response.text[:500])
+        found = re.search(r'name="csrf_token" value="([^"]+)"', response.text)
+        self.csrf = found.group(1) if found else self.csrf
+        return response.text
+
+    def post(self, path: str, data: dict[str, str] | None = None) -> httpx.Response:
+        return self.http.post(path, data={"csrf_token": self.csrf, **(data or {})})
+
+    def log_in(self, username: str, password: str) -> httpx.Response:
+        self.page("/login")
+        response = self.post("/login", {"username": username, "password": password})
+        assert response.status_code == 303, response.text[:500]
+        self.page("/")
+        return response
+
+
+@pytest.fixture(scope="module")
+def people(console, admin_api: Client) -> dict[str, str]:
+    """alice runs a job in her project; bob is in another project."""
+    alice, bob = unique("alice"), unique("bob")
+    mine, theirs = unique("mine"), unique("theirs")
+    for name in (alice, bob):
+        admin_api.users.create(name, f"{name}-password")
+    admin_api.projects.create(mine, owner=alice)
+    admin_api.projects.create(theirs, owner=bob)
+    api = Client(console.url)
+    api.login(alice, f"{alice}-password")
+    job = api.jobs.submit(
+        {"project": mine, "script": "echo first line; sleep 1; echo second line", "name": "two"}
+    )
+    api.close()
+    return {"alice": alice, "bob": bob, "mine": mine, "theirs": theirs, "job": str(job.id)}
+
+
+@pytest.fixture
+def alice(console, people: dict[str, str]) -> Iterator[Browser]:
+    browser = Browser(console.url)
+    browser.log_in(people["alice"], f"{people['alice']}-password")
+    yield browser
+    browser.http.close()
+
+
+def test_the_session_cookie_is_http_only_and_same_site(console, people) -> None:
+    browser = Browser(console.url)
+    response = browser.log_in(people["alice"], f"{people['alice']}-password")
+    cookie = next(
+        v
+        for k, v in response.headers.multi_items()
+        if k == "set-cookie" and v.startswith("suanli_session=")
+    )
+    attributes = {part.strip().lower() for part in cookie.split(";")}
+    assert "httponly" in attributes and "samesite=lax" in attributes and "path=/" in attributes
+    secret = cookie.split(";")[0].split("=", 1)[1]
+    assert secret not in browser.page("/account")  # never echoed into a page
+    # Logging out ends the session on the server, not only in this browser.
+    assert browser.post("/logout").status_code == 303
+    stolen = httpx.get(f"{console.url}/", cookies={"suanli_session": secret})
+    assert stolen.status_code == 303 and stolen.headers["location"] == "/login"
+
+
+def test_forms_need_the_csrf_token_and_our_origin(alice: Browser, people) -> None:
+    path = f"/jobs/{people['job']}/resubmit"
+    assert alice.http.post(path).status_code == 403
+    assert alice.http.post(path, data={"csrf_token": "0" * 64}).status_code == 403
+    foreign = alice.http.post(
+        path, data={"csrf_token": alice.csrf}, headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
+    assert "expired or did not come from this site" in foreign.text
+    # A forged request changed nothing: alice still has exactly one job.
+    assert set(JOB_LINK.findall(alice.page("/jobs"))) == {people["job"]}
+
+
+def test_login_goes_back_only_to_this_site(console, people) -> None:
+    browser = Browser(console.url)
+    browser.page("/login")
+    for target in ("//evil.example/x", "https://evil.example", "/\\evil.example"):
+        response = browser.post(
+            "/login",
+            {"username": people["bob"], "password": f"{people['bob']}-password", "next": target},
+        )
+        assert response.headers["location"] == "/", target
+        browser.http.cookies.clear()
+        browser.page("/login")
+
+
+def test_a_stranger_to_the_project_sees_nothing_of_it(console, people) -> None:
+    bob = Browser(console.url)
+    bob.log_in(people["bob"], f"{people['bob']}-password")
+    job = people["job"]
+    for path in (f"/jobs/{job}", f"/jobs/{job}/log", f"/projects/{people['mine']}"):
+        text = bob.page(path, status=404)
+        assert "two" not in text or path.endswith("/log")
+    assert not JOB_LINK.findall(bob.page("/jobs"))
+    assert people["mine"] not in bob.page("/")
+    assert not JOB_LINK.findall(bob.page(f"/jobs?project={people['mine']}"))
+    for path in (f"/jobs/{job}/cancel", f"/jobs/{job}/resubmit"):
+        assert bob.post(path).status_code == 404
+    bob.page(f"/jobs/{job}/log", status=404)
+
+
+def test_the_log_streams_as_server_sent_events_until_the_job_ends(alice: Browser, people) -> None:
+    events: list[tuple[str, str]] = []
+    with alice.http.stream("GET", f"/jobs/{people['job']}/log", timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, line[6:]))
+                if kind == "end":
+                    break
+    text = "".join(json.loads(d)["text"] for k, d in events if k == "log")
+    assert text == "first line\nsecond line\n"
+    assert events[-1][0] == "end"
+    # Resuming from an offset (Last-Event-ID) sends only what follows it.
+    response = alice.http.get(
+        f"/jobs/{people['job']}/log", headers={"Last-Event-ID": str(len("first line\n"))}
+    )
+    assert '"second line\\n"' in response.text and "first line" not in response.text
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+def test_every_page_is_complete_in_both_languages(console, people, language: str) -> None:
+    """No catalogue key shows through untranslated, on any page, in either language."""
+    admin = Browser(console.url, language)
+    admin.log_in("admin", ADMIN_PASSWORD)
+    pages = [
+        "/",
+        "/jobs",
+        "/jobs?state=pending",
+        "/jobs/new",
+        f"/jobs/new?like={people['job']}",
+        f"/jobs/{people['job']}",
+        "/nodes",
+        "/projects",
+        f"/projects/{people['mine']}",
+        "/admin/users",
+        "/admin/audit",
+        "/account",
+    ]
+    for path in pages:
+        text = admin.page(path)
+        assert f'<html lang="{language}">' in text
+        assert not CATALOGUE_KEY.findall(re.sub(r"<[^>]+>", " ", text)), path
+    if language == "zh-CN":
+        assert "总览" in admin.page("/")
+    bad = admin.page("/jobs?state=sideways", status=422)
+    message = re.search(r'id="err-state">([^<]+)<', bad)
+    assert message and "pending" in message.group(1)
+
+
+def test_a_disabled_user_is_signed_out_at_once(console, admin_api: Client) -> None:
+    name = unique("carol")
+    admin_api.users.create(name, f"{name}-password")
+    carol = Browser(console.url)
+    carol.log_in(name, f"{name}-password")
+    admin_api.users.update(name, is_disabled=True)
+    response = carol.http.get("/jobs")
+    assert response.status_code == 303 and response.headers["location"].startswith("/login")
+
+
+def test_an_unknown_page_is_a_page_and_the_api_still_speaks_json(alice: Browser, console) -> None:
+    text = alice.page("/no-such-page", status=404)
+    assert "Error 404" in text and "<nav>" in text
+    response = httpx.get(f"{console.url}/api/v1/no-such-thing")
+    assert response.headers["content-type"] == "application/problem+json"
