@@ -139,7 +139,7 @@ async def check_job(request: Request, viewer: ViewerDep) -> Response:
     values = forms.fields(await request.form())
     _, errors = await to_thread.run_sync(_check, request, values)
     return render.page(
-        request, "job_check.html", errors=errors, preview=_preview(values), values=values
+        request, "job_check.html", errors=errors, preview=_preview(values), checked=True
     )
 
 
