@@ -10,7 +10,6 @@ from playwright.sync_api import Browser, expect
 
 from suanli.client import Client
 
-
 # Small enough that this 2-core machine's node takes all of them at once.
 SMALL = {"cpus": 0.25, "memory": "1Gi"}
 
