@@ -80,6 +80,7 @@ def server(
     settings = settings.model_copy(update={"port": bound_port})
     url = settings.effective_public_url
     say("cli.server_running", version=__version__, url=url)
+    say("cli.server_console", url=url, name=settings.admin_username)
     say("cli.server_docs", url=url)
     say("cli.server_data", path=str(settings.data_dir), database=database.dialect)
     if generated:
