@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from starlette.datastructures import FormData
+from starlette.requests import Request
 
 from suanli.api.problems import field_errors
 from suanli.core.errors import SuanliError
@@ -40,6 +41,17 @@ def errors_of(error: ValidationError | SuanliError, language: str) -> Errors:
             found.setdefault(entry["field"], entry["message"])
         return found
     return {error.field or "": translate(error.key, language, **error.params)}
+
+
+def refused(
+    request: Request, error: ValidationError | SuanliError, prefix: str = ""
+) -> tuple[Errors, int]:
+    """What a refused form shows: its errors by field (named `prefix.field` where one page has
+    several forms) in the reader's language, and the status to answer with."""
+    found = errors_of(error, request.state.language)
+    if prefix:
+        found = {f"{prefix}.{key}" if key else prefix: message for key, message in found.items()}
+    return found, error.status if isinstance(error, SuanliError) else 422
 
 
 def number(value: str) -> int | float | str:

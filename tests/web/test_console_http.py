@@ -203,3 +203,63 @@ def test_an_unknown_page_is_a_page_and_the_api_still_speaks_json(alice: Browser,
     assert "Error 404" in text and "<nav>" in text
     response = httpx.get(f"{console.url}/api/v1/no-such-thing")
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_owners_manage_members_and_others_cannot(console, people, admin_api: Client) -> None:
+    owner = Browser(console.url)
+    owner.log_in(people["alice"], f"{people['alice']}-password")
+    project, bob = people["mine"], people["bob"]
+    owner.page(f"/projects/{project}")
+    unknown = owner.post(f"/projects/{project}/members", {"user": "nobody-here", "role": "member"})
+    assert unknown.status_code == 404 and "nobody-here" in unknown.text
+    added = owner.post(f"/projects/{project}/members", {"user": bob, "role": "viewer"})
+    assert added.status_code == 303
+    assert owner.post(f"/projects/{project}/members/{bob}", {"role": "member"}).status_code == 303
+    assert {m.user: m.role for m in admin_api.projects.members(project)}[bob] == "member"
+    # bob is a member now, not an owner: he sees the project but manages nothing.
+    member = Browser(console.url)
+    member.log_in(bob, f"{bob}-password")
+    text = member.page(f"/projects/{project}")
+    assert f'action="/projects/{project}/members"' not in text
+    refused = member.post(f"/projects/{project}/members/{people['alice']}", {"role": "viewer"})
+    assert refused.status_code == 403
+    assert member.post(f"/projects/{project}/quota", {"max_gpus": "99"}).status_code == 403
+    # The last owner cannot be removed; bob can.
+    last = owner.post(f"/projects/{project}/members/{people['alice']}", {"role": "remove"})
+    assert last.status_code == 409
+    assert owner.post(f"/projects/{project}/members/{bob}", {"role": "remove"}).status_code == 303
+    assert bob not in {m.user for m in admin_api.projects.members(project)}
+
+
+def test_a_new_api_token_is_shown_once_and_works(alice: Browser, console) -> None:
+    alice.page("/account")
+    created = alice.post("/account/tokens", {"name": "ci-pipeline", "expires_in_days": "30"})
+    token = re.search(r'id="new-token">([^<]+)<', created.text).group(1).strip()
+    assert Client(console.url, token).whoami().name.startswith("alice-")
+    listing = alice.page("/account")
+    assert "ci-pipeline" in listing and token not in listing
+    token_id = re.search(r'action="/account/tokens/(\d+)/revoke"', listing).group(1)
+    assert alice.post(f"/account/tokens/{token_id}/revoke").status_code == 303
+    bad = alice.post("/account/tokens", {"name": "", "expires_in_days": "0"})
+    assert bad.status_code == 422 and bad.text.count('class="field-error" id="err-token') == 2
+
+
+def test_an_administrator_creates_and_disables_users_with_reasons_for_bad_input(
+    console, admin_api: Client
+) -> None:
+    admin = Browser(console.url)
+    admin.log_in("admin", ADMIN_PASSWORD)
+    admin.page("/admin/users")
+    bad = admin.post("/admin/users", {"name": "Not Valid", "password": "short"})
+    assert bad.status_code == 422
+    errors = dict(re.findall(r'id="err-(name|password)">([^<]+)<', bad.text))
+    assert set(errors) == {"name", "password"}
+    assert 'value="Not Valid"' in bad.text and "short" not in bad.text  # password not echoed
+    name = unique("dave")
+    assert (
+        admin.post("/admin/users", {"name": name, "password": "dave-password"}).status_code == 303
+    )
+    assert admin.post(f"/admin/users/{name}", {"action": "disable"}).status_code == 303
+    assert admin_api.users.get(name).is_disabled
+    events = admin.page(f"/admin/audit?target={name}")
+    assert "user.create" in events and "user.update" in events

@@ -50,9 +50,7 @@ def _failed(
     request: Request, db: Session, viewer: Viewer, error: ValidationError | SuanliError, prefix: str
 ) -> Response:
     db.rollback()
-    status = error.status if isinstance(error, SuanliError) else 422
-    found = forms.errors_of(error, request.state.language)
-    errors = {f"{prefix}.{k}" if k else prefix: v for k, v in found.items()}
+    errors, status = forms.refused(request, error, prefix)
     return _page(request, db, viewer, errors=errors, status=status)
 
 

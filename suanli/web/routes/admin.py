@@ -79,8 +79,7 @@ async def create_user(request: Request, db: SessionDep, viewer: AdminDep) -> Res
         )
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        status = error.status if isinstance(error, SuanliError) else 422
-        errors = forms.errors_of(error, request.state.language)
+        errors, status = forms.refused(request, error)
         values.pop("password", None)
         return _users_page(request, db, viewer, values, errors, status)
     return render.redirect("/admin/users", flash="web.flash.user_created")
@@ -113,8 +112,8 @@ async def reset_password(
         accounts.reset_password(db, viewer.actor, name, body.password)
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        status = error.status if isinstance(error, SuanliError) else 422
-        message = " ".join(forms.errors_of(error, request.state.language).values())
+        found, status = forms.refused(request, error)
+        message = " ".join(found.values())
         return _users_page(request, db, viewer, errors={f"password.{name}": message}, status=status)
     return render.redirect("/admin/users", flash="web.flash.password_reset")
 

@@ -14,7 +14,7 @@ from suanli.services import accounts
 from suanli.services import auth as auth_service
 from suanli.services.auth import LoginPolicy
 from suanli.web import render, session
-from suanli.web.forms import errors_of
+from suanli.web.forms import refused
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 Text = Annotated[str, Form()]
@@ -36,7 +36,6 @@ def login(
     password: Text = "",
     next: Text = "/",
 ) -> Response:
-    language = request.state.language
     try:
         body = LoginRequest(username=username, password=password, token_name="console")
         _, _, secret = auth_service.login(
@@ -48,13 +47,13 @@ def login(
             token_name=body.token_name,
         )
     except (ValidationError, SuanliError) as error:
-        status = error.status if isinstance(error, SuanliError) else 422
+        errors, status = refused(request, error)
         return render.page(
             request,
             "login.html",
             status=status,
             next=render.safe_next(next),
-            errors=errors_of(error, language),
+            errors=errors,
             username=username,
         )
     response = render.redirect(render.safe_next(next))

@@ -77,13 +77,9 @@ async def create_project(
         )
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        errors = forms.errors_of(error, request.state.language)
-        return _list_page(request, db, viewer, settings, values, errors, status=_status(error))
+        errors, status = forms.refused(request, error)
+        return _list_page(request, db, viewer, settings, values, errors, status)
     return render.redirect(f"/projects/{view.project.name}", flash="web.flash.project_created")
-
-
-def _status(error: ValidationError | SuanliError) -> int:
-    return error.status if isinstance(error, SuanliError) else 422
 
 
 def _project_page(
@@ -136,13 +132,9 @@ async def add_member(
         projects.add_member(db, viewer.actor, name, body.user, body.role)
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        errors = {f"member.{k}" if k else "member": v for k, v in _errors(request, error).items()}
-        return _project_page(request, db, viewer, name, errors, values, status=_status(error))
+        errors, status = forms.refused(request, error, "member")
+        return _project_page(request, db, viewer, name, errors, values, status)
     return render.redirect(f"/projects/{name}", flash="web.flash.member_added")
-
-
-def _errors(request: Request, error: ValidationError | SuanliError) -> forms.Errors:
-    return forms.errors_of(error, request.state.language)
 
 
 @router.post("/projects/{name}/members/{user}")
@@ -161,8 +153,9 @@ async def change_member(
             flash = "web.flash.member_changed"
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        errors = {f"members.{user}": " ".join(_errors(request, error).values())}
-        return _project_page(request, db, viewer, name, errors, status=_status(error))
+        found, status = forms.refused(request, error)
+        errors = {f"members.{user}": " ".join(found.values())}
+        return _project_page(request, db, viewer, name, errors, status=status)
     return render.redirect(f"/projects/{name}", flash=flash)
 
 
@@ -198,10 +191,8 @@ async def set_quota(
             projects.set_quota(db, viewer.actor, name, body.model_dump())
     except (ValidationError, SuanliError) as error:
         db.rollback()
-        errors.update(
-            {f"quota.{k}" if k else "quota": v for k, v in _errors(request, error).items()}
-        )
-        status = _status(error)
+        found, status = forms.refused(request, error, "quota")
+        errors.update(found)
     if errors:
         return _project_page(request, db, viewer, name, errors, values, status=status)
     return render.redirect(f"/projects/{name}", flash="web.flash.quota_saved")
