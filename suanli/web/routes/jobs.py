@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from suanli.api.deps import SessionDep, SettingsDep, get_database
-from suanli.api.routes.jobs import event_text, job_out
+from suanli.api.outputs import event_text, job_out
 from suanli.controllers.workloads import log_path
 from suanli.core.errors import SuanliError
 from suanli.core.roles import ProjectRole

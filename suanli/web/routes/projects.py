@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from suanli.api.deps import SessionDep, SettingsDep
-from suanli.api.routes.jobs import job_out
+from suanli.api.outputs import job_out
 from suanli.core.errors import SuanliError
 from suanli.core.names import NAME_PATTERN
 from suanli.core.roles import ProjectRole
