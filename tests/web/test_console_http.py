@@ -4,6 +4,7 @@ isolation, the live log stream, and pages complete in both languages."""
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -263,3 +264,18 @@ def test_an_administrator_creates_and_disables_users_with_reasons_for_bad_input(
     assert admin_api.users.get(name).is_disabled
     events = admin.page(f"/admin/audit?target={name}")
     assert "user.create" in events and "user.update" in events
+
+
+def test_the_whole_log_downloads_as_a_file_for_members_only(
+    alice: Browser, console, people
+) -> None:
+    path = f"/jobs/{people['job']}/log.txt"
+    deadline = time.monotonic() + 30
+    while "second line" not in (response := alice.http.get(path)).text:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.5)
+    assert response.headers["content-disposition"].startswith("attachment")
+    assert response.text == "first line\nsecond line\n"
+    bob = Browser(console.url)
+    bob.log_in(people["bob"], f"{people['bob']}-password")
+    assert bob.http.get(path).status_code == 404

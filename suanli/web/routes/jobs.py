@@ -8,7 +8,7 @@ from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -209,6 +209,20 @@ def resubmit_job(
     job = jobs.resubmit(db, viewer.actor, job_id, inventory, settings.unix_users)
     request.app.state.wake()
     return render.redirect(f"/jobs/{job.id}", flash="web.flash.resubmitted")
+
+
+@router.get("/jobs/{job_id}/log.txt")
+def download_log(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    """The whole log as a file, for what is too long to read in the page."""
+    jobs.get_job(db, viewer.actor, job_id)
+    path = log_path(request.app.state.settings, job_id)
+    if not path.exists():
+        return PlainTextResponse("", headers={"Content-Disposition": _attachment(job_id)})
+    return FileResponse(path, media_type="text/plain; charset=utf-8", filename=f"job-{job_id}.log")
+
+
+def _attachment(job_id: int) -> str:
+    return f'attachment; filename="job-{job_id}.log"'
 
 
 @router.get("/jobs/{job_id}/log")
