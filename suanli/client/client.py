@@ -293,7 +293,7 @@ class Jobs(_Group):
 
     def list(self, query: JobListQuery | None = None, **filters: Any) -> list[JobOut]:
         """Newest first. Filters: `project`, `user`, `state` (also `active`, `finished`),
-        `limit`."""
+        `limit`; page with `before_id` set to the last id received."""
         query = query or JobListQuery(**filters)
         params = query.model_dump(mode="json", exclude_none=True)
         return self._client.get("jobs", list[JobOut], **params)

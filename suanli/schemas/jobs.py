@@ -12,6 +12,7 @@ from suanli.core.durations import parse_duration
 from suanli.core.quantities import parse_bytes
 from suanli.schemas.types import (
     MAX_BYTES,
+    MAX_INT32,
     Flag,
     Name,
     RequestModel,
@@ -144,6 +145,8 @@ class JobListQuery(RequestModel):
         | None
     ) = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    # Paging, newest first: jobs older than this id.
+    before_id: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
 
 
 class PendingOut(ResponseModel):

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from suanli.core.states import ACTIVE, State, gpu_state
@@ -116,22 +116,26 @@ def capacity(nodes: Sequence[Node], holders: dict[str, list[Holder]]) -> Capacit
 
 def project_usage(session: Session, project_ids: Iterable[int]) -> dict[int, Usage]:
     """What the projects' running work takes (GPUs as charged against quota, CPUs and memory
-    as requested) and how many of their jobs wait."""
+    as requested) and how many of their jobs wait. Waiting jobs are only counted, in SQL:
+    there may be thousands; running ones are bounded by the cluster's size."""
     ids = list(project_ids)
     usage = {project_id: Usage() for project_id in ids}
     if not ids:
         return usage
-    waiting_or_active = [State.pending, *ACTIVE]
-    rows = session.execute(
-        select(Job.project_id, Job.state, Job.gpus, Job.spec).where(
-            Job.project_id.in_(ids), Job.state.in_(waiting_or_active)
+    waiting = session.execute(
+        select(Job.project_id, func.count())
+        .where(Job.project_id.in_(ids), Job.state == State.pending)
+        .group_by(Job.project_id)
+    )
+    for project_id, count in waiting:
+        usage[project_id].pending = count
+    running = session.execute(
+        select(Job.project_id, Job.gpus, Job.spec).where(
+            Job.project_id.in_(ids), Job.state.in_(ACTIVE)
         )
     )
-    for project_id, state, gpus, spec in rows:
+    for project_id, gpus, spec in running:
         entry = usage[project_id]
-        if state == State.pending:
-            entry.pending += 1
-            continue
         resources = (spec or {}).get("resources", {})
         entry.running += 1
         entry.gpus += gpus

@@ -102,6 +102,8 @@ def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[J
         statement = statement.where(Job.user_name == query.user)
     if query.kind:
         statement = statement.where(Job.kind == query.kind)
+    if query.before_id:
+        statement = statement.where(Job.id < query.before_id)
     if query.state == "active":
         statement = statement.where(Job.state.in_([State.pending, *ACTIVE]))
     elif query.state == "finished":

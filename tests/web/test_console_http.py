@@ -279,3 +279,24 @@ def test_the_whole_log_downloads_as_a_file_for_members_only(
     bob = Browser(console.url)
     bob.log_in(people["bob"], f"{people['bob']}-password")
     assert bob.http.get(path).status_code == 404
+
+
+def test_job_lists_page_through_more_than_a_hundred(console, admin_api: Client) -> None:
+    project = unique("crowd")
+    admin_api.projects.create(project)
+    admin_api.projects.set_quota(project, cpus=0)  # every job waits: nothing runs here
+    ids = [
+        admin_api.jobs.submit({"project": project, "command": ["true"], "name": f"n{i}"}).id
+        for i in range(105)
+    ]
+    admin = Browser(console.url)
+    admin.log_in("admin", ADMIN_PASSWORD)
+    first = admin.page(f"/jobs?project={project}")
+    assert [int(i) for i in dict.fromkeys(JOB_LINK.findall(first))] == ids[::-1][:100]
+    older = re.search(r'data-test="older-jobs" href="([^"]+)"', first).group(1)
+    rest = admin.page("/jobs" + older.replace("&amp;", "&"))
+    assert [int(i) for i in dict.fromkeys(JOB_LINK.findall(rest))] == ids[::-1][100:]
+    assert 'data-test="older-jobs"' not in rest
+    assert [j.id for j in admin_api.jobs.list(project=project, before_id=ids[3])] == ids[2::-1]
+    for job_id in ids:
+        admin_api.jobs.cancel(job_id)

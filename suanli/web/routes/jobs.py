@@ -40,7 +40,7 @@ STREAM_SECONDS = 60.0
 def list_jobs(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     filters = {
         key: request.query_params[key]
-        for key in ("project", "state", "user")
+        for key in ("project", "state", "user", "before_id")
         if request.query_params.get(key)
     }
     errors: forms.Errors = {}
@@ -55,6 +55,7 @@ def list_jobs(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
         status=422 if errors else 200,
         nav="jobs",
         jobs=[job_out(job, language) for job in found],
+        older=found[-1].id if len(found) == JobListQuery().limit else None,
         filters=filters,
         errors=errors,
         states=STATES,

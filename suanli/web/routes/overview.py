@@ -9,6 +9,8 @@ from suanli.services import cluster, jobs, nodes, projects
 from suanli.web import render, session
 from suanli.web.session import Viewer
 
+# The overview shows the newest of my running and waiting jobs; the rest are a click away.
+MY_JOBS = 20
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 
 
@@ -21,7 +23,9 @@ def overview(
     views = projects.list_projects(db, viewer.actor)
     # An administrator's overview lists every project; a member's, only theirs.
     usage = cluster.project_usage(db, [v.project.id for v in views])
-    mine = jobs.list_jobs(db, viewer.actor, JobListQuery(user=viewer.actor.name, state="active"))
+    mine = jobs.list_jobs(
+        db, viewer.actor, JobListQuery(user=viewer.actor.name, state="active", limit=MY_JOBS + 1)
+    )
     shared = [(node, gpu) for node in all_nodes for gpu in node.gpus if gpu.shared and gpu.present]
     return render.page(
         request,
@@ -32,5 +36,6 @@ def overview(
         holders=holders,
         shared=shared,
         projects=[(v, usage[v.project.id]) for v in views],
-        my_jobs=mine,
+        my_jobs=mine[:MY_JOBS],
+        more_jobs=len(mine) > MY_JOBS,
     )
