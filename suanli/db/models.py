@@ -272,6 +272,8 @@ class Job(Base):
     exit_detail: Mapped[str] = mapped_column(String(2000), default="")
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Energy of the job's GPUs (power integrated over its life; a fraction: its share).
+    energy_wh: Mapped[float] = mapped_column(Float, default=0.0)
 
     project: Mapped[Project] = relationship()
     events: Mapped[list["JobEvent"]] = relationship(
@@ -296,3 +298,113 @@ class JobEvent(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class MetricSeries(Base):
+    """One time series: a metric name and its labels (`key` is the canonical text of both)."""
+
+    __tablename__ = "metric_series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    key: Mapped[str] = mapped_column(String(1024), unique=True)
+
+
+class MetricPoint(Base):
+    """A value of a series. Tier 0 holds raw samples, tier 1 one-minute means, tier 2 hourly
+    means; `at` is epoch seconds (the bucket's start for tiers 1 and 2)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("metric_series.id", ondelete="CASCADE"), primary_key=True
+    )
+    tier: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class AlertRule(Base):
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="metric")  # metric | event
+    metric: Mapped[str] = mapped_column(String(64))
+    match: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    op: Mapped[str] = mapped_column(String(2))
+    threshold: Mapped[float] = mapped_column(Float, default=0.0)
+    for_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    severity: Mapped[str] = mapped_column(String(16))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AlertChannel(Base):
+    """Where notifications go. The secret and password are never shown back."""
+
+    __tablename__ = "alert_channels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(512), default="")
+    email_from: Mapped[str] = mapped_column(String(254), default="")
+    email_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    username: Mapped[str] = mapped_column(String(254), default="")
+    password: Mapped[str] = mapped_column(String(512), default="")
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertEvent(Base):
+    """An alert's history: when it fired and when it resolved (event alerts never resolve)."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (Index("ix_alert_events_open", "rule_id", "resolved_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    severity: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+    summary: Mapped[str] = mapped_column(String(2000), default="")
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    silenced: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    rule: Mapped[AlertRule] = relationship()
+
+
+class AlertSilence(Base):
+    __tablename__ = "alert_silences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    match: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    created_by: Mapped[str] = mapped_column(String(32), default="")
+
+
+class Notification(Base):
+    """One alert change to deliver to one channel, retried with backoff until it is sent or
+    given up; the notifier works through these apart from collection."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("alert_events.id", ondelete="CASCADE"))
+    channel_id: Mapped[int] = mapped_column(ForeignKey("alert_channels.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
