@@ -1,7 +1,7 @@
 """ORM models. Transport schemas for the API live apart, in `suanli.schemas`."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -316,7 +316,7 @@ class MetricPoint(Base):
     means; `at` is epoch seconds (the bucket's start for tiers 1 and 2)."""
 
     __tablename__ = "metric_points"
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_with_rowid": False}
 
     series_id: Mapped[int] = mapped_column(
         ForeignKey("metric_series.id", ondelete="CASCADE"), primary_key=True
