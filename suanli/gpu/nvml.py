@@ -1,9 +1,10 @@
 """The few NVML calls Suanli uses, behind a small interface.
 
-Discovery and the GPU memory watchdog speak to `Nvml`, never to `pynvml` directly, so tests can
-hand them a test double that mimics a multi-GPU host (MIG, NVLink, PCIe switches) and the real
-`pynvml` module plugs in through `PynvmlAdapter`. Handles are opaque to the callers: whatever
-`device_handle` and `mig_handles` return is passed back unchanged.
+Discovery, the GPU memory watchdog and monitoring (the telemetry calls) speak to `Nvml`, never
+to `pynvml` directly, so tests can hand them a test double that mimics a multi-GPU host (MIG,
+NVLink, PCIe switches, telemetry) and the real `pynvml` module plugs in through
+`PynvmlAdapter`. Handles are opaque to the callers: whatever `device_handle` and `mig_handles`
+return is passed back unchanged.
 
 `pynvml` (package `nvidia-ml-py`) is imported lazily: a host without the package, without the
 driver library or without a working driver simply has no NVML (`load_nvml` returns None).
@@ -14,7 +15,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,22 @@ TOPOLOGY_SYSTEM = 50  # across NUMA nodes / sockets (SMP interconnect)
 
 class NvmlError(Exception):
     """An NVML call failed (not supported, not found, GPU lost, ...)."""
+
+
+class RemappedRows(NamedTuple):
+    """nvmlDeviceGetRemappedRows (Ampere and later): rows remapped for correctable and for
+    uncorrectable errors, whether a remapping waits for the next GPU reset (1/0), and whether
+    one failed (1/0: the GPU should be replaced)."""
+
+    correctable: int
+    uncorrectable: int
+    pending: int
+    failed: int
+
+
+EccKind = Literal["corrected", "uncorrected"]
+EccCounter = Literal["volatile", "aggregate"]  # since the driver loaded | over the GPU's life
+PageCause = Literal["sbe", "dbe"]  # multiple single-bit errors | a double-bit error
 
 
 class Nvml(Protocol):
@@ -73,6 +90,52 @@ class Nvml(Protocol):
     def running_processes(self, handle: Any) -> Sequence[tuple[int, int]]:
         """(pid, used GPU memory in bytes) of the compute processes on this GPU, MPS clients
         included; processes whose usage NVML does not report are left out."""
+        ...
+
+    # Telemetry (monitoring). A GPU or driver without the feature raises NvmlError ("Not
+    # Supported"); a GPU fallen off the bus raises it for every call.
+
+    def utilization(self, handle: Any) -> tuple[int, int]:
+        """(SM %, memory controller %) over the driver's last sample period."""
+        ...
+
+    def memory_used(self, handle: Any) -> int:
+        """Framebuffer memory in use, bytes; `handle` may be a GPU's or a MIG device's."""
+        ...
+
+    def temperature(self, handle: Any) -> int:
+        """The GPU die's temperature, °C."""
+        ...
+
+    def power_usage_watts(self, handle: Any) -> float: ...
+
+    def power_limit_watts(self, handle: Any) -> float:
+        """The enforced power limit."""
+        ...
+
+    def clocks(self, handle: Any) -> tuple[int, int]:
+        """(SM clock, memory clock), MHz."""
+        ...
+
+    def fan_percent(self, handle: Any) -> int:
+        """Fan speed as a share of its maximum; passively cooled boards do not support it."""
+        ...
+
+    def ecc_errors(self, handle: Any, kind: EccKind, counter: EccCounter) -> int: ...
+
+    def retired_pages(self, handle: Any, cause: PageCause) -> int:
+        """How many pages were retired for `cause` (before Ampere; later GPUs remap rows)."""
+        ...
+
+    def remapped_rows(self, handle: Any) -> RemappedRows: ...
+
+    def throttle_reasons(self, handle: Any) -> int:
+        """The bit mask of why the clocks are held down (nvmlClocksEventReason*)."""
+        ...
+
+    def pcie_throughput(self, handle: Any) -> tuple[int, int]:
+        """(transmit, receive) over PCIe, bytes per second. NVML samples it for about 20 ms
+        per direction on every call: the slowest of these calls by far."""
         ...
 
     def shutdown(self) -> None: ...
@@ -210,6 +273,70 @@ class PynvmlAdapter:
                     continue
                 used[int(process.pid)] = max(used.get(int(process.pid), 0), int(memory))
         return sorted(used.items())
+
+    def utilization(self, handle: Any) -> tuple[int, int]:
+        rates = self._call("nvmlDeviceGetUtilizationRates", handle)
+        return int(rates.gpu), int(rates.memory)
+
+    def memory_used(self, handle: Any) -> int:
+        return int(self._call("nvmlDeviceGetMemoryInfo", handle).used)
+
+    def temperature(self, handle: Any) -> int:
+        return int(self._call("nvmlDeviceGetTemperature", handle, self._nv.NVML_TEMPERATURE_GPU))
+
+    def power_usage_watts(self, handle: Any) -> float:
+        return int(self._call("nvmlDeviceGetPowerUsage", handle)) / 1000  # mW
+
+    def power_limit_watts(self, handle: Any) -> float:
+        return int(self._call("nvmlDeviceGetEnforcedPowerLimit", handle)) / 1000  # mW
+
+    def clocks(self, handle: Any) -> tuple[int, int]:
+        sm = self._call("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_SM)
+        memory = self._call("nvmlDeviceGetClockInfo", handle, self._nv.NVML_CLOCK_MEM)
+        return int(sm), int(memory)
+
+    def fan_percent(self, handle: Any) -> int:
+        return int(self._call("nvmlDeviceGetFanSpeed", handle))
+
+    def ecc_errors(self, handle: Any, kind: EccKind, counter: EccCounter) -> int:
+        error_type = (
+            self._nv.NVML_MEMORY_ERROR_TYPE_CORRECTED
+            if kind == "corrected"
+            else self._nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+        )
+        counter_type = (
+            self._nv.NVML_VOLATILE_ECC if counter == "volatile" else self._nv.NVML_AGGREGATE_ECC
+        )
+        return int(self._call("nvmlDeviceGetTotalEccErrors", handle, error_type, counter_type))
+
+    def retired_pages(self, handle: Any, cause: PageCause) -> int:
+        source = (
+            self._nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
+            if cause == "sbe"
+            else self._nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR
+        )
+        return len(self._call("nvmlDeviceGetRetiredPages", handle, source))
+
+    def remapped_rows(self, handle: Any) -> RemappedRows:
+        correctable, uncorrectable, pending, failed = self._call(
+            "nvmlDeviceGetRemappedRows", handle
+        )
+        return RemappedRows(int(correctable), int(uncorrectable), int(pending), int(failed))
+
+    def throttle_reasons(self, handle: Any) -> int:
+        # Renamed "clocks event reasons" in driver 535; older drivers know only the old name
+        # (the new one then fails as "function not found").
+        if hasattr(self._nv, "nvmlDeviceGetCurrentClocksEventReasons"):
+            try:
+                return int(self._call("nvmlDeviceGetCurrentClocksEventReasons", handle))
+            except NvmlError:
+                pass
+        return int(self._call("nvmlDeviceGetCurrentClocksThrottleReasons", handle))
+
+    def pcie_throughput(self, handle: Any) -> tuple[int, int]:
+        tx = self._call("nvmlDeviceGetPcieThroughput", handle, self._nv.NVML_PCIE_UTIL_TX_BYTES)
+        rx = self._call("nvmlDeviceGetPcieThroughput", handle, self._nv.NVML_PCIE_UTIL_RX_BYTES)
+        return int(tx) * 1024, int(rx) * 1024  # KB/s
 
     def shutdown(self) -> None:
         with contextlib.suppress(self._nv.NVMLError):
