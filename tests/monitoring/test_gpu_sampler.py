@@ -2,12 +2,21 @@
 machine has no driver), the FakeNvml test double, and `GpuSampler` over both real (FakeNvml)
 and simulated GPUs."""
 
+import json
+import logging
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 
+from suanli.gpu.model import Gpu, MigInstance
 from suanli.gpu.nvml import NvmlError, PynvmlAdapter, RemappedRows
 from suanli.gpu.testing import FakeGpu, FakeMig, FakeNvml
+from suanli.monitoring.gpu import OVERRIDES_FILE, GpuSampler, job_of
+from suanli.monitoring.model import METRICS, Sample
 
 GiB = 2**30
 MiB = 2**20
@@ -142,3 +151,343 @@ def test_fake_nvml_telemetry_defaults_settings_unsupported_and_lost() -> None:
     with pytest.raises(NvmlError):
         nvml.device_handle(0)
     assert nvml.temperature(b) == 88  # the others still answer
+
+
+# -- GpuSampler over FakeNvml ------------------------------------------------------------------
+
+GPU_METRICS = {name for name in METRICS if name.startswith("gpu_")}
+PER_GPU = GPU_METRICS - {"gpu_mig_memory_used_bytes", "gpu_process_memory_bytes"}
+
+
+def of(samples: list[Sample], uuid: str) -> list[Sample]:
+    return [s for s in samples if s.label("uuid") == uuid]
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    found = [
+        s.value
+        for s in samples
+        if s.name == name and all(s.label(k) == v for k, v in labels.items())
+    ]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+
+
+def gpu_of(fake: FakeGpu, index: int) -> Gpu:
+    """The Gpu discovery would have made of a FakeGpu."""
+    return Gpu(
+        index=index,
+        uuid=fake.uuid,
+        model=fake.name,
+        memory_bytes=fake.memory_bytes,
+        mig_enabled=fake.mig_enabled,
+        mig_instances=tuple(MigInstance(m.uuid, m.profile, m.memory_bytes) for m in fake.migs),
+    )
+
+
+@pytest.fixture
+def job_process():
+    """A real process of job 42, and one of nobody's job."""
+    env = {k: v for k, v in os.environ.items() if k != "SUANLI_JOB_ID"}
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    job = subprocess.Popen(sleep, env={**env, "SUANLI_JOB_ID": "42"})
+    other = subprocess.Popen(sleep, env=env)
+    try:
+        yield job.pid, other.pid
+    finally:
+        for process in (job, other):
+            process.kill()
+            process.wait()
+
+
+def vanished_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_real_gpus_report_what_nvml_answers(tmp_path: Path, job_process) -> None:
+    job_pid, other_pid = job_process
+    gone = vanished_pid()
+    fakes = [
+        FakeGpu(
+            "GPU-aaaa",
+            processes={job_pid: 3 * GiB, other_pid: GiB, gone: 5 * MiB},
+            utilization=(97, 55),
+            power_usage_watts=385.5,
+            temperature=71,
+            clocks=(1410, 1593),
+            throttle_reasons=0x4,
+            pcie_throughput=(2_000_000, 9_000_000),
+        ),
+        FakeGpu(
+            "GPU-bbbb",
+            mig_enabled=True,
+            migs=[
+                FakeMig("MIG-b-0", "3g.40gb", 40 * GiB, memory_used_bytes=7 * GiB),
+                FakeMig("MIG-b-1", "1g.10gb", 10 * GiB, memory_used_bytes=GiB),
+            ],
+            unsupported={"utilization", "fan_percent", "retired_pages"},
+        ),
+        FakeGpu(
+            "GPU-cccc",
+            name="NVIDIA L40S",
+            memory_bytes=48 * GiB,
+            ecc_errors={("corrected", "aggregate"): 12, ("uncorrected", "volatile"): 1},
+            retired_pages={"dbe": 2},
+            remapped_rows=RemappedRows(3, 1, 1, 0),
+        ),
+    ]
+    nvml = FakeNvml(fakes)
+    gpus = [gpu_of(fake, i) for i, fake in enumerate(fakes)]
+    samples = GpuSampler("node-a", nvml, tmp_path).sample(1.0, gpus, {"GPU-aaaa": 1.0})
+
+    assert {s.name for s in samples} <= GPU_METRICS
+    assert len({(s.name, s.labels) for s in samples}) == len(samples)
+    for s in samples:
+        assert s.label("node") == "node-a" and s.label("simulated") == "0"
+        gpu = next(g for g in gpus if g.uuid == s.label("uuid"))
+        assert (s.label("gpu"), s.label("model")) == (str(gpu.index), gpu.model)
+
+    a = of(samples, "GPU-aaaa")
+    assert {s.name for s in a} == GPU_METRICS - {"gpu_mig_memory_used_bytes"}
+    assert value(a, "gpu_present") == 1
+    assert value(a, "gpu_utilization_percent") == 97
+    assert value(a, "gpu_memory_utilization_percent") == 55
+    assert value(a, "gpu_memory_used_bytes") == 4 * MiB + 4 * GiB + 5 * MiB
+    assert value(a, "gpu_memory_total_bytes") == 80 * GiB
+    assert value(a, "gpu_temperature_celsius") == 71
+    assert value(a, "gpu_power_watts") == 385.5
+    assert value(a, "gpu_power_limit_watts") == 400
+    assert value(a, "gpu_sm_clock_mhz") == 1410
+    assert value(a, "gpu_throttle_reasons") == 0x4
+    assert value(a, "gpu_pcie_tx_bytes_per_second") == 2_000_000
+    assert value(a, "gpu_pcie_rx_bytes_per_second") == 9_000_000
+    processes = {
+        s.label("pid"): (s.label("job", None), s.value)
+        for s in a
+        if s.name == "gpu_process_memory_bytes"
+    }
+    assert processes == {
+        str(job_pid): ("42", 3 * GiB),
+        str(other_pid): (None, GiB),
+        str(gone): (None, 5 * MiB),  # vanished meanwhile: its memory, but no job
+    }
+
+    b = of(samples, "GPU-bbbb")
+    names = {s.name for s in b}
+    assert not names & {"gpu_utilization_percent", "gpu_fan_percent", "gpu_retired_pages"}
+    assert {"gpu_temperature_celsius", "gpu_remapped_rows", "gpu_present"} <= names
+    mig = {
+        (s.label("mig_uuid"), s.label("mig_profile")): s.value
+        for s in b
+        if s.name == "gpu_mig_memory_used_bytes"
+    }
+    assert mig == {("MIG-b-0", "3g.40gb"): 7 * GiB, ("MIG-b-1", "1g.10gb"): GiB}
+
+    c = of(samples, "GPU-cccc")
+    assert value(c, "gpu_ecc_corrected_aggregate") == 12
+    assert value(c, "gpu_ecc_uncorrected_volatile") == 1
+    assert value(c, "gpu_ecc_corrected_volatile") == 0
+    assert value(c, "gpu_retired_pages", cause="dbe") == 2
+    assert value(c, "gpu_retired_pages", cause="sbe") == 0
+    assert {s.label("kind"): s.value for s in c if s.name == "gpu_remapped_rows"} == {
+        "correctable": 3,
+        "uncorrectable": 1,
+        "pending": 1,
+        "failed": 0,
+    }
+    assert value(c, "gpu_memory_total_bytes") == 48 * GiB
+
+
+def test_a_lost_gpu_reports_only_that_it_is_gone(tmp_path: Path, caplog) -> None:
+    fakes = [FakeGpu("GPU-0"), FakeGpu("GPU-1", processes={1: GiB}), FakeGpu("GPU-2")]
+    nvml = FakeNvml(fakes)
+    gpus = [gpu_of(fake, i) for i, fake in enumerate(fakes)]
+    sampler = GpuSampler("n", nvml, tmp_path)
+    assert value(of(sampler.sample(1.0, gpus, {}), "GPU-1"), "gpu_present") == 1
+
+    nvml.lose(1)  # after its handle was cached: the calls on the handle fail
+    with caplog.at_level(logging.WARNING, logger="suanli.monitoring.gpu"):
+        samples = sampler.sample(2.0, gpus, {})
+        lost = of(samples, "GPU-1")
+        assert [(s.name, s.value) for s in lost] == [("gpu_present", 0.0)]
+        assert dict(lost[0].labels) == {
+            "node": "n",
+            "gpu": "1",
+            "uuid": "GPU-1",
+            "model": "NVIDIA A100-SXM4-80GB",
+            "simulated": "0",
+        }
+        assert len(of(samples, "GPU-0")) > 20 and len(of(samples, "GPU-2")) > 20
+        sampler.sample(3.0, gpus, {})  # lost still; looked up afresh, and said only once
+    assert sum("GPU-1" in r.getMessage() for r in caplog.records) == 1
+    assert [s.name for s in of(sampler.sample(4.0, gpus, {}), "GPU-1")] == ["gpu_present"]
+
+    nvml.gpus[1].broken = False  # back after a reset
+    assert value(of(sampler.sample(5.0, gpus, {}), "GPU-1"), "gpu_present") == 1
+
+    # no NVML at all (the driver went away): real GPUs are not present
+    samples = GpuSampler("n", None, tmp_path).sample(6.0, gpus, {})
+    assert [(s.name, s.value) for s in samples] == [("gpu_present", 0.0)] * 3
+
+
+def test_handles_are_found_by_uuid_and_cached(tmp_path: Path) -> None:
+    class Counting(FakeNvml):
+        lookups = 0
+
+        def device_handle(self, index: int):
+            Counting.lookups += 1
+            return super().device_handle(index)
+
+    # discovery's index 0 is NVML's index 1 now (a GPU dropped out of the list before it)
+    nvml = Counting([FakeGpu("GPU-x", temperature=40), FakeGpu("GPU-y", temperature=50)])
+    gpus = [Gpu(0, "GPU-y", "NVIDIA A100-SXM4-80GB", 80 * GiB)]
+    sampler = GpuSampler("n", nvml, tmp_path)
+    assert value(sampler.sample(1.0, gpus, {}), "gpu_temperature_celsius") == 50
+    lookups = Counting.lookups
+    for now in (2.0, 3.0, 4.0):
+        assert value(sampler.sample(now, gpus, {}), "gpu_temperature_celsius") == 50
+    assert Counting.lookups == lookups
+    # a GPU NVML never heard of is not present
+    samples = sampler.sample(5.0, [Gpu(3, "GPU-zzz", "X", GiB)], {})
+    assert [(s.name, s.value) for s in samples] == [("gpu_present", 0.0)]
+
+
+def test_a_failing_metric_or_gpu_costs_only_itself(tmp_path: Path, caplog) -> None:
+    class Odd(FakeNvml):
+        def temperature(self, handle):
+            if handle[1] == 0:
+                raise TypeError("an answer of an unexpected shape")
+            return super().temperature(handle)
+
+    nvml = Odd([FakeGpu("GPU-0"), FakeGpu("GPU-1")])
+    gpus = [gpu_of(g, i) for i, g in enumerate(nvml.gpus)]
+    with caplog.at_level(logging.WARNING):
+        samples = GpuSampler("n", nvml, tmp_path).sample(1.0, gpus, {})
+    names_0 = {s.name for s in of(samples, "GPU-0")}
+    assert "gpu_temperature_celsius" not in names_0 and "gpu_power_watts" in names_0
+    assert value(of(samples, "GPU-1"), "gpu_temperature_celsius") == 35
+    assert any("temperature" in r.getMessage() for r in caplog.records)
+
+
+def test_job_of_reads_the_environment(job_process) -> None:
+    job_pid, other_pid = job_process
+    assert job_of(job_pid) == "42"
+    assert job_of(other_pid) is None
+    assert job_of(vanished_pid()) is None
+    assert job_of(1) is None  # init: no job's, and unreadable without root: never an error
+
+
+# -- simulated GPUs ----------------------------------------------------------------------------
+
+
+def simulated(count: int = 3) -> list[Gpu]:
+    return [
+        Gpu(i, f"GPU-sim-h-{i}", "NVIDIA A100-PCIE-40GB", 40 * GiB, simulated=True)
+        for i in range(count)
+    ]
+
+
+def test_simulated_gpus_follow_their_busy_share(tmp_path: Path) -> None:
+    gpus = simulated()
+    busy = {"GPU-sim-h-1": 0.5, "GPU-sim-h-2": 1.0}  # GPU 0 idle (not in the map)
+    samples = GpuSampler("h", FakeNvml([]), tmp_path).sample(1.0, gpus, busy)
+    assert {s.name for s in samples} <= GPU_METRICS
+    assert all(s.label("simulated") == "1" and s.label("node") == "h" for s in samples)
+    idle, half, full = (of(samples, g.uuid) for g in gpus)
+    assert {s.name for s in idle} == PER_GPU - {"gpu_fan_percent"}  # a passive board
+    for gpu, share in ((idle, 0.0), (half, 0.5), (full, 1.0)):
+        assert value(gpu, "gpu_present") == 1
+        assert value(gpu, "gpu_utilization_percent") == pytest.approx(100 * share)
+        assert value(gpu, "gpu_memory_used_bytes") == pytest.approx(share * 40 * GiB)
+        assert value(gpu, "gpu_memory_total_bytes") == 40 * GiB
+        assert value(gpu, "gpu_temperature_celsius") == pytest.approx(34 + 48 * share)
+        assert value(gpu, "gpu_power_watts") == pytest.approx(60 + share * 340)
+        assert value(gpu, "gpu_power_limit_watts") == 400
+        assert value(gpu, "gpu_ecc_uncorrected_volatile") == 0
+        assert value(gpu, "gpu_retired_pages", cause="dbe") == 0
+    assert value(idle, "gpu_sm_clock_mhz") < value(full, "gpu_sm_clock_mhz")
+    assert value(idle, "gpu_throttle_reasons") == 1  # idle
+    assert value(full, "gpu_throttle_reasons") == 0
+
+
+def test_simulated_mig_instances_report_memory(tmp_path: Path) -> None:
+    gpu = Gpu(
+        0,
+        "GPU-sim-h-0",
+        "NVIDIA A100-SXM4-80GB",
+        80 * GiB,
+        mig_enabled=True,
+        mig_instances=(MigInstance("MIG-sim-0", "3g.40gb", 40 * GiB),),
+        simulated=True,
+    )
+    samples = GpuSampler("h", None, tmp_path).sample(1.0, [gpu], {"GPU-sim-h-0": 0.25})
+    assert value(samples, "gpu_mig_memory_used_bytes", mig_uuid="MIG-sim-0") == 10 * GiB
+
+
+def test_the_override_file_makes_simulated_gpus_hot_or_lost(tmp_path: Path, caplog) -> None:
+    gpus = simulated()
+    sampler = GpuSampler("h", None, tmp_path)
+    path = tmp_path / OVERRIDES_FILE
+    path.write_text(
+        json.dumps(
+            {
+                "GPU-sim-h-0": {"gpu_temperature_celsius": 92, "gpu_fan_percent": 100},
+                "GPU-sim-h-1": {"gpu_present": 0},
+                "GPU-sim-h-2": {
+                    "gpu_retired_pages": {"dbe": 3},
+                    "gpu_ecc_uncorrected_volatile": 1,
+                    "gpu_power_limit_watts": 250,
+                },
+                "*": {"gpu_power_limit_watts": 300},
+            }
+        )
+    )
+    samples = sampler.sample(1.0, gpus, {"GPU-sim-h-0": 1.0})
+    hot, lost, faulty = (of(samples, g.uuid) for g in gpus)
+    assert value(hot, "gpu_temperature_celsius") == 92
+    assert value(hot, "gpu_fan_percent") == 100  # absent before: added
+    assert value(hot, "gpu_utilization_percent") == 100  # the rest still from busy
+    assert value(hot, "gpu_power_limit_watts") == 300  # from "*"
+    assert [(s.name, s.value) for s in lost] == [("gpu_present", 0.0)]
+    assert value(faulty, "gpu_retired_pages", cause="dbe") == 3
+    assert value(faulty, "gpu_retired_pages", cause="sbe") == 0
+    assert value(faulty, "gpu_ecc_uncorrected_volatile") == 1
+    assert value(faulty, "gpu_power_limit_watts") == 250  # its own entry wins over "*"
+
+    # a change of the file is seen at the next sample (even within the same second)
+    stat = path.stat()
+    path.write_text(json.dumps({"GPU-sim-h-1": {"gpu_temperature_celsius": 85}}))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    samples = sampler.sample(2.0, gpus, {})
+    assert value(of(samples, "GPU-sim-h-1"), "gpu_present") == 1
+    assert value(of(samples, "GPU-sim-h-1"), "gpu_temperature_celsius") == 85
+    assert value(of(samples, "GPU-sim-h-0"), "gpu_temperature_celsius") == 34
+
+    # broken JSON or unknown names: ignored, said in the log, never an error
+    with caplog.at_level(logging.WARNING, logger="suanli.monitoring.gpu"):
+        path.write_text('{"GPU-sim-h-0": {"gpu_temperature_celsius": 9')
+        samples = sampler.sample(3.0, gpus, {})
+        assert value(of(samples, "GPU-sim-h-0"), "gpu_temperature_celsius") == 34
+        path.write_text(
+            json.dumps(
+                {"GPU-sim-h-0": {"node_load1": 5, "gpu_nonsense": 1, "gpu_fan_percent": "x"}}
+            )
+        )
+        samples = sampler.sample(4.0, gpus, {})
+    assert {s.name for s in samples} <= GPU_METRICS
+    assert "gpu_fan_percent" not in {s.name for s in samples}
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert OVERRIDES_FILE in messages and "node_load1" in messages and "gpu_nonsense" in messages
+
+    path.unlink()  # gone: back to the derived values
+    samples = sampler.sample(5.0, gpus, {"GPU-sim-h-1": 0.5})
+    assert value(of(samples, "GPU-sim-h-1"), "gpu_temperature_celsius") == 58
+
+
+def test_overrides_do_not_touch_real_gpus(tmp_path: Path) -> None:
+    (tmp_path / OVERRIDES_FILE).write_text(json.dumps({"GPU-real": {"gpu_present": 0}}))
+    fake = FakeGpu("GPU-real")
+    samples = GpuSampler("h", FakeNvml([fake]), tmp_path).sample(1.0, [gpu_of(fake, 0)], {})
+    assert value(samples, "gpu_present") == 1
