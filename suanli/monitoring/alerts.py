@@ -50,7 +50,7 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 }
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 RULE_KINDS: tuple[str, ...] = ("metric", "event")
-MAX_NAME_LENGTH = 200
+MAX_NAME_LENGTH = 128  # as alert_rules.name
 
 # Silence matchers with these keys look at the rule, not at the series' labels.
 ALERTNAME = "alertname"  # the rule's name (as in Alertmanager)

@@ -254,7 +254,7 @@ def test_default_rules_are_valid_and_cover_the_brief() -> None:
     ("change", "field"),
     [
         ({"name": " "}, "name"),
-        ({"name": "x" * 201}, "name"),
+        ({"name": "x" * 129}, "name"),
         ({"kind": "log"}, "kind"),
         ({"metric": "gpu_temperature"}, "metric"),
         ({"metric": "job.failed"}, "metric"),  # an event is no metric
