@@ -73,7 +73,7 @@ MAX_URL_LENGTH = 2048
 
 # Retries: the n-th failed attempt waits retry_delay(n) = 5 s · 2^(n-1), at most 10 min, before
 # the next: 5, 10, 20, 40, 80, 160, 320, 600, 600 s. After MAX_ATTEMPTS failed attempts (about
-# 21 minutes after the first, plus the attempts' own time) the notification is given up.
+# 31 minutes (1835 s) after the first, plus the attempts' own time) the notification is given up.
 BASE_DELAY = 5.0
 MAX_DELAY = 600.0
 MAX_ATTEMPTS = 10
