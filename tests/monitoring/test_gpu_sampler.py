@@ -300,6 +300,21 @@ def test_real_gpus_report_what_nvml_answers(tmp_path: Path, job_process) -> None
     assert value(c, "gpu_memory_total_bytes") == 48 * GiB
 
 
+def test_pcie_throughput_can_be_left_out(tmp_path: Path) -> None:
+    class Counting(FakeNvml):
+        calls = 0
+
+        def pcie_throughput(self, handle):
+            Counting.calls += 1
+            return super().pcie_throughput(handle)
+
+    nvml = Counting([FakeGpu("GPU-0")])
+    gpus = [gpu_of(nvml.gpus[0], 0)]
+    samples = GpuSampler("n", nvml, tmp_path, pcie=False).sample(1.0, gpus, {})
+    assert not [s for s in samples if "pcie" in s.name] and Counting.calls == 0
+    assert value(samples, "gpu_temperature_celsius") == 35
+
+
 def test_a_lost_gpu_reports_only_that_it_is_gone(tmp_path: Path, caplog) -> None:
     fakes = [FakeGpu("GPU-0"), FakeGpu("GPU-1", processes={1: GiB}), FakeGpu("GPU-2")]
     nvml = FakeNvml(fakes)
