@@ -218,6 +218,10 @@ class GpuSampler:
         if pcie is not None:
             add("gpu_pcie_tx_bytes_per_second", pcie[0])
             add("gpu_pcie_rx_bytes_per_second", pcie[1])
+        # In MIG mode NVML lists a GPU's processes on the GPU's own handle only for root; each
+        # MIG device lists its own for everyone. A process listed both ways counts once (a CUDA
+        # process sees one MIG device at most, so the largest figure is its own).
+        processes = dict(ask(nvml.running_processes) or ())
         for instance in gpu.mig_instances:
             mig = self._mig_handle(nvml, handle, gpu.uuid, instance.uuid)
             if mig is None:
@@ -232,7 +236,12 @@ class GpuSampler:
                 mig_uuid=instance.uuid,
                 mig_profile=instance.profile,
             )
-        for pid, used in ask(nvml.running_processes) or ():
+            try:
+                for pid, memory in nvml.running_processes(mig):
+                    processes[pid] = max(processes.get(pid, 0), memory)
+            except NvmlError:
+                continue
+        for pid, used in sorted(processes.items()):
             if pid not in jobs:
                 jobs[pid] = job_of(pid)
             job = jobs[pid]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,31 @@ def test_real_gpus_report_what_nvml_answers(tmp_path: Path, job_process) -> None
         "failed": 0,
     }
     assert value(c, "gpu_memory_total_bytes") == 48 * GiB
+
+
+def test_processes_of_mig_devices_count_once(tmp_path: Path) -> None:
+    """Without root, NVML lists a MIG GPU's processes only on its MIG devices."""
+
+    class MigOnly(FakeNvml):
+        def running_processes(self, handle):
+            if handle[0] == "gpu":
+                return []  # not root
+            return {0: [(100, 3 * GiB)], 1: [(101, GiB), (102, 2 * GiB)]}[handle[2]]
+
+    fake = FakeGpu(
+        "GPU-m",
+        mig_enabled=True,
+        migs=[FakeMig("MIG-0", "3g.40gb", 40 * GiB), FakeMig("MIG-1", "3g.40gb", 40 * GiB)],
+    )
+    for nvml in (MigOnly([fake]), FakeNvml([replace(fake, processes={100: 3 * GiB})])):
+        samples = GpuSampler("n", nvml, tmp_path).sample(1.0, [gpu_of(fake, 0)], {})
+        processes = {
+            int(s.label("pid")): s.value for s in samples if s.name == "gpu_process_memory_bytes"
+        }
+        if isinstance(nvml, MigOnly):
+            assert processes == {100: 3 * GiB, 101: GiB, 102: 2 * GiB}
+        else:  # root: listed on the GPU and on each MIG device (as FakeNvml does): once
+            assert processes == {100: 3 * GiB}
 
 
 def test_pcie_throughput_can_be_left_out(tmp_path: Path) -> None:
