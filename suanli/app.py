@@ -12,14 +12,17 @@ from fastapi import APIRouter, FastAPI
 
 from suanli import __version__
 from suanli.api import problems
-from suanli.api.routes import audit, auth, health, jobs, me, nodes, projects, users
+from suanli.api.routes import alerts, audit, auth, health, jobs, me, metrics, nodes, projects, users
 from suanli.backends.base import Backend
 from suanli.config import Settings
 from suanli.controllers.inventory import InventoryController
 from suanli.controllers.loop import Loop
+from suanli.controllers.metrics import MetricsController
+from suanli.controllers.notifier import NotifierController
 from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
+from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
 from suanli.services import accounts
 from suanli.web import console, docs
 
@@ -30,8 +33,16 @@ class Runtime:
     """The backend and the controller loops of a serving process."""
 
     def __init__(self, settings: Settings, database: Database, backend: Backend):
+        self.platform = PlatformMetrics()
         self.inventory = InventoryController(database, backend)
-        self.loops = [Loop(self.inventory), Loop(WorkloadController(settings, database, backend))]
+        self.metrics = MetricsController(settings, database, backend)
+        workloads = WorkloadController(settings, database, backend, self.platform.scheduler_cycle)
+        self.loops = [
+            Loop(self.inventory),
+            Loop(workloads),
+            Loop(self.metrics),
+            Loop(NotifierController(settings, database)),
+        ]
 
     def start(self) -> None:
         self.inventory.tick()  # know the nodes before the first submit is checked against them
@@ -39,8 +50,8 @@ class Runtime:
             loop.start()
 
     def wake(self) -> None:
-        for loop in self.loops[1:]:
-            loop.wake()
+        """A submit or cancel: the scheduler looks at once."""
+        self.loops[1].wake()
 
     def stop(self) -> None:
         for loop in self.loops:
@@ -74,14 +85,18 @@ def create_app(
     app.state.settings = settings
     app.state.database = database
     app.state.wake = runtime.wake if runtime is not None else lambda: None
+    app.state.runtime = runtime
+    app.state.platform = runtime.platform if runtime is not None else PlatformMetrics()
+    app.add_middleware(RequestTiming)
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
-    for module in (auth, me, users, projects, audit, jobs, nodes):
+    for module in (auth, me, users, projects, audit, jobs, nodes, metrics, alerts):
         api.include_router(module.router)
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.public)
+    app.include_router(metrics.exposition)
     problems.document(app)
     docs.install(app)
     console.install(app)

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # empty: the server's user. See suanli/backends/local/mps.py.
     mps_user: str = ""
 
+    # Node and GPU telemetry: how often to collect (seconds). Time series are kept raw for a
+    # day, as one-minute means for 30 days and hourly means for a year.
+    metrics_interval_seconds: float = Field(10.0, ge=1, le=3600)
+
     log_level: str = "info"
 
     @classmethod

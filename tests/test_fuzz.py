@@ -20,8 +20,14 @@ EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # Rules across fields or against stored state, which JSON Schema cannot state: a schema-valid
 # body may rightly get 422 here (the wrong current password, a password equal to the user
 # name, a quota whose maximum is below its guarantee, a job no node could ever run, a job
-# with both a command and a script).
+# with both a command and a script, an alert rule on an unknown metric, a channel whose URL
+# does not suit its kind, a time range beyond a year written as "9999h").
 RULES_BEYOND_THE_SCHEMA = {
+    "POST /api/v1/alerts/rules",
+    "PATCH /api/v1/alerts/rules/{rule_id}",
+    "POST /api/v1/alerts/channels",
+    "PATCH /api/v1/alerts/channels/{channel_id}",
+    "GET /api/v1/metrics/query",
     "POST /api/v1/jobs",
     "POST /api/v1/me/password",
     "POST /api/v1/users",

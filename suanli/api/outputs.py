@@ -62,6 +62,7 @@ def job_out(job: Job, language: str) -> JobOut:
         placement=placement,
         warnings=list(job.warnings or []),
         usage=dict(job.usage or {}),
+        energy_wh=round(job.energy_wh or 0.0, 4),
     )
 
 

@@ -5,11 +5,13 @@ and after each side effect, so a restarted server can hand them back to the back
 re-adopt what still runs (see DESIGN.md, controllers).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from suanli.gpu.model import Host
+from suanli.monitoring.model import Sample
 from suanli.scheduler.model import Placement
 
 Handle = dict[str, Any]
@@ -78,6 +80,11 @@ class Backend(Protocol):
         """SIGTERM, wait up to the grace period, then SIGKILL. `reason` (cancelled,
         preempted, timeout) is what poll() reports afterwards. Must not block the caller for
         the grace period: the kill happens in the background or in a later poll."""
+        ...
+
+    def telemetry(self, busy: Mapping[str, float]) -> list[Sample]:
+        """Node and GPU samples of every host, now (see suanli.monitoring.model). `busy` maps a
+        GPU's UUID to the share of it that jobs hold: simulated devices report from it."""
         ...
 
     def warnings(self, handle: Handle) -> tuple[str, ...]:

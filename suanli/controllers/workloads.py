@@ -20,6 +20,7 @@ from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
 from suanli.db.models import Job, Project, utcnow
+from suanli.monitoring.prometheus import Histogram
 from suanli.scheduler import decayed_usage, gpu_charge, schedule
 from suanli.scheduler import model as sched
 from suanli.schemas.jobs import JobSpec
@@ -44,10 +45,17 @@ class WorkloadController:
     name = "workloads"
     interval = 2.0
 
-    def __init__(self, settings: Settings, database: Database, backend: Backend):
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        backend: Backend,
+        cycle_times: Histogram | None = None,
+    ):
         self.settings = settings
         self.database = database
         self.backend = backend
+        self.cycle_times = cycle_times
         self.usage: dict[str, float] = {}
         self._last_tick: float | None = None
         self._requests: dict[int, tuple[sched.Request, bool, float | None]] = {}
@@ -55,7 +63,11 @@ class WorkloadController:
     def tick(self) -> None:
         self.follow()
         self.send_stops()
-        for job_id in self.schedule():
+        started = time.perf_counter()
+        admitted = self.schedule()
+        if self.cycle_times is not None:
+            self.cycle_times.observe(time.perf_counter() - started)
+        for job_id in admitted:
             self.launch(job_id)
 
     # 1. Follow what runs: re-adopts jobs after a restart, records how they ended.

@@ -199,6 +199,8 @@ class JobOut(ResponseModel):
     # Of the last attempt, once it ended: cpu_seconds, max_rss_bytes, memory_peak_bytes,
     # wall_seconds (what the backend could measure).
     usage: dict[str, float]
+    # GPU energy so far (power integrated over the job's GPUs; a fraction: its share).
+    energy_wh: float = 0.0
 
 
 class JobDetailOut(JobOut):

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, Response
 from suanli.web import render, session
 from suanli.web.routes import account, admin, auth, jobs, nodes, overview, projects
 
-_NOT_CONSOLE = ("/api/", "/static/", "/docs", "/openapi.json", "/healthz", "/readyz")
+_NOT_CONSOLE = ("/api/", "/static/", "/docs", "/openapi.json", "/healthz", "/readyz", "/metrics")
 
 
 def is_console(path: str) -> bool:

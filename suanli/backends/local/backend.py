@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ from suanli.config import Settings
 from suanli.gpu.discovery import discover, is_simulated_uuid
 from suanli.gpu.model import Host
 from suanli.gpu.nvml import Nvml, load_nvml
+from suanli.monitoring.gpu import GpuSampler
+from suanli.monitoring.model import Sample
+from suanli.monitoring.node import NodeSampler
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +107,28 @@ class LocalBackend:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._plans: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
+        self._host: Host | None = None
+        self._samplers: tuple[NodeSampler, GpuSampler] | None = None
         log.info("local backend: cgroups %s", self.hierarchies.describe())
 
-    # -- inventory -----------------------------------------------------------------------
+    # -- inventory and telemetry --------------------------------------------------------
     def inventory(self) -> tuple[Host, ...]:
-        return (discover(self.settings, nvml=self._nvml),)
+        host = discover(self.settings, nvml=self._get_nvml())
+        self._host = host
+        return (host,)
+
+    def telemetry(self, busy: Mapping[str, float]) -> list[Sample]:
+        """This host's samples: psutil for the node, NVML (or the simulated devices' model)
+        for the GPUs found by the last inventory."""
+        host = self._host or self.inventory()[0]
+        if self._samplers is None:
+            self._samplers = (
+                NodeSampler(host.name, self.settings.data_dir),
+                GpuSampler(host.name, self._get_nvml(), self.settings.data_dir),
+            )
+        node_sampler, gpu_sampler = self._samplers
+        now = time.time()
+        return [*node_sampler.sample(now), *gpu_sampler.sample(now, host.gpus, busy)]
 
     # -- launch --------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Handle:

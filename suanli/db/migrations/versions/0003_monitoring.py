@@ -128,6 +128,82 @@ def upgrade() -> None:
         )
 
     # ### end Alembic commands ###
+    # The shipped alert rules, written out here so that this migration never changes.
+    rules = sa.table(
+        "alert_rules",
+        sa.column("name", sa.String),
+        sa.column("kind", sa.String),
+        sa.column("metric", sa.String),
+        sa.column("match", sa.JSON),
+        sa.column("op", sa.String),
+        sa.column("threshold", sa.Float),
+        sa.column("for_seconds", sa.Float),
+        sa.column("severity", sa.String),
+        sa.column("enabled", sa.Boolean),
+        sa.column("created_at", suanli.db.models.UTCDateTime(timezone=True)),
+        sa.column("updated_at", suanli.db.models.UTCDateTime(timezone=True)),
+    )
+    now = suanli.db.models.utcnow()
+    shipped = [
+        ("GPU temperature high", "metric", "gpu_temperature_celsius", {}, ">", 85, 300, "critical"),
+        (
+            "GPU uncorrectable ECC error",
+            "metric",
+            "gpu_ecc_uncorrected_volatile",
+            {},
+            ">",
+            0,
+            0,
+            "critical",
+        ),
+        (
+            "Data disk filling up",
+            "metric",
+            "node_disk_percent",
+            {"mount": "data"},
+            ">",
+            80,
+            60,
+            "warning",
+        ),
+        (
+            "Data disk nearly full",
+            "metric",
+            "node_disk_percent",
+            {"mount": "data"},
+            ">",
+            90,
+            60,
+            "critical",
+        ),
+        ("GPU lost", "metric", "gpu_present", {}, "==", 0, 0, "critical"),
+        ("Job failed", "event", "job.failed", {}, ">", 0, 0, "warning"),
+    ]
+    op.bulk_insert(
+        rules,
+        [
+            dict(
+                zip(
+                    (
+                        "name",
+                        "kind",
+                        "metric",
+                        "match",
+                        "op",
+                        "threshold",
+                        "for_seconds",
+                        "severity",
+                    ),
+                    row,
+                    strict=True,
+                ),
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
+            for row in shipped
+        ],
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,180 @@
+"""Monitoring end to end on a real server with simulated GPUs, collecting every second: a
+simulated over-temperature fires a webhook alert (to a real receiver on loopback) and
+resolves; Prometheus can scrape /metrics; series are queryable; a job's energy is counted."""
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from suanli.client import ApiError, Client
+
+GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
+
+
+class Receiver:
+    """A webhook endpoint on loopback that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, test: Callable[[dict], bool], timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.received):
+                if test(message):
+                    return message
+            time.sleep(0.2)
+        raise AssertionError(f"no matching webhook in {timeout} s: {self.received}")
+
+
+@pytest.fixture
+def monitored(server_factory) -> Iterator[tuple]:
+    server = server_factory({"SUANLI_SIMULATED_GPUS": GPUS, "SUANLI_METRICS_INTERVAL_SECONDS": "1"})
+    admin = server.login()
+    receiver = Receiver()
+    yield server, admin, receiver
+    receiver.server.shutdown()
+    admin.close()
+
+
+def http_of(server, client: Client) -> httpx.Client:
+    """Plain HTTP with the client's token, for the routes the SDK does not cover yet."""
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {client.token}"})
+
+
+def wait(check: Callable[[], object], timeout: float = 30, step: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError("timed out")
+
+
+def set_override(data_dir: Path, values: dict) -> None:
+    path = data_dir / "simulated-gpu-telemetry.json"
+    path.write_text(json.dumps(values))
+
+
+def test_a_simulated_over_temperature_fires_a_webhook_and_resolves(monitored) -> None:
+    server, admin, receiver = monitored
+    http = http_of(server, admin)
+    rules = {r["name"]: r for r in http.get("/api/v1/alerts/rules").json()}
+    assert {"GPU temperature high", "GPU lost", "Job failed", "Data disk nearly full"} <= set(rules)
+    hot = rules["GPU temperature high"]
+    assert (hot["op"], hot["threshold"], hot["for_seconds"]) == (">", 85, 300)
+    http.patch(f"/api/v1/alerts/rules/{hot['id']}", json={"for_seconds": 2}).raise_for_status()
+    created = http.post(
+        "/api/v1/alerts/channels", json={"name": "ops", "kind": "webhook", "url": receiver.url}
+    )
+    assert created.status_code == 201, created.text
+    uuid = admin.nodes.list()[0].gpus[0].uuid
+    set_override(server.data_dir, {uuid: {"gpu_temperature_celsius": 93}})
+    firing = receiver.wait_for(lambda m: json.dumps(m).find("firing") >= 0)
+    assert "93" in json.dumps(firing) and uuid in json.dumps(firing)
+    events = http.get("/api/v1/alerts", params={"firing": "true"}).json()
+    assert [e["rule"] for e in events] == ["GPU temperature high"]
+    assert events[0]["labels"]["uuid"] == uuid and events[0]["state"] == "firing"
+    set_override(server.data_dir, {})
+    resolved = receiver.wait_for(lambda m: json.dumps(m).find("resolved") >= 0)
+    assert uuid in json.dumps(resolved)
+    history = http.get("/api/v1/alerts").json()
+    assert history[0]["state"] == "resolved" and history[0]["resolved_at"]
+    assert http.get("/api/v1/alerts", params={"firing": "true"}).json() == []
+
+
+def test_prometheus_scrapes_metrics_with_a_token(monitored) -> None:
+    server, admin, _ = monitored
+    http = http_of(server, admin)
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+
+    def scraped() -> str:
+        text = http.get("/metrics").text
+        return text if "DCGM_FI_DEV_GPU_TEMP" in text and "node_cpu_percent" in text else ""
+
+    page = str(wait(scraped))
+    assert 'DCGM_FI_DEV_GPU_TEMP{Hostname="' in page and 'UUID="GPU-' in page
+    assert "# TYPE DCGM_FI_DEV_POWER_USAGE gauge" in page
+    assert "suanli_node_cpu_percent" in page and "suanli_node_memory_used_bytes" in page
+    assert "suanli_scheduler_cycle_seconds_bucket" in page
+    assert 'suanli_api_request_duration_seconds_count{method="GET"' in page
+
+
+def test_series_are_queryable_and_a_jobs_energy_is_counted(monitored) -> None:
+    server, admin, _ = monitored
+    http = http_of(server, admin)
+    admin.projects.create("lab")
+    job = admin.jobs.submit({"project": "lab", "command": ["sleep", "4"], "resources": {"gpus": 1}})
+    done = wait(lambda: (j := admin.jobs.get(job.id)).state == "succeeded" and j, timeout=40)
+    assert done.energy_wh > 0  # simulated busy A100: ~400 W for ~4 s ≈ 0.4 Wh
+    answer = http.get(
+        "/api/v1/metrics/query",
+        params={"metric": "gpu_temperature_celsius", "label": "gpu=0", "range": "5m"},
+    ).json()
+    assert answer["unit"] == "celsius" and len(answer["series"]) == 1
+    assert answer["series"][0]["labels"]["gpu"] == "0" and answer["series"][0]["points"]
+    power = http.get(
+        "/api/v1/metrics/query",
+        params={"metric": "job_gpu_power_watts", "label": f"job={job.id}", "range": "5m"},
+    ).json()
+    assert power["series"] and max(v for _, v in power["series"][0]["points"]) > 100
+    bad = http.get("/api/v1/metrics/query", params={"metric": "gpu_nonsense"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "metric"
+
+
+def test_job_series_are_closed_to_strangers_and_rules_explain_bad_input(monitored) -> None:
+    server, admin, _ = monitored
+    http = http_of(server, admin)
+    admin.projects.create("secret")
+    job = admin.jobs.submit({"project": "secret", "command": ["true"]})
+    admin.users.create("eve", "eve-password")
+    eve = http_of(server, server.login("eve", "eve-password"))
+    response = eve.get(
+        "/api/v1/metrics/query",
+        params={"metric": "job_gpu_power_watts", "label": f"job={job.id}"},
+    )
+    assert response.status_code == 404
+    assert eve.post("/api/v1/alerts/rules", json={"name": "x"}).status_code == 403
+    bad = http.post(
+        "/api/v1/alerts/rules",
+        json={
+            "name": "too hot",
+            "metric": "gpu_temperature_celsius",
+            "op": ">",
+            "threshold": "hot",
+        },
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "threshold"
+    unknown = http.post(
+        "/api/v1/alerts/rules", json={"name": "odd", "metric": "no_such_metric", "threshold": 1}
+    )
+    assert unknown.status_code == 422 and "metric" in unknown.text
+    clash = http.post(
+        "/api/v1/alerts/rules",
+        json={"name": "GPU lost", "metric": "gpu_present", "op": "==", "threshold": 0},
+    )
+    assert clash.status_code == 409
+    with pytest.raises(ApiError):
+        Client(server.url, "sl_not_a_token").whoami()
+    eve.close()
