@@ -1,7 +1,5 @@
 """Time series (query, catalogue, latest values) and `/metrics` for Prometheus."""
 
-import time
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -12,16 +10,14 @@ from suanli.api.deps import CallerDep, SessionDep
 from suanli.api.problems import ERROR_RESPONSES
 from suanli.core.states import State
 from suanli.db.models import Job, Project
-from suanli.monitoring import store
 from suanli.monitoring.model import METRICS, Sample
 from suanli.monitoring.prometheus import CONTENT_TYPE
 from suanli.monitoring.prometheus import exposition as render
-from suanli.schemas.metrics import MetricOut, MetricQuery, QueryOut, SeriesOut
-from suanli.services import jobs
+from suanli.schemas.metrics import MetricOut, MetricQuery, QueryOut
+from suanli.services import monitoring
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 exposition = APIRouter(tags=["metrics"])
-DEFAULT_POINTS = 240
 
 
 def latest_samples(request: Request) -> list[Sample]:
@@ -44,22 +40,7 @@ def query(
 ) -> QueryOut:
     """A metric's series over a time range. Node and GPU metrics are open to everyone signed
     in; `job_*` metrics need a `job=<id>` matcher and access to that job's project."""
-    match = params.match()
-    if params.metric.startswith("job_"):
-        job_id = match.get("job", "")
-        jobs.get_job(session, caller.actor, int(job_id) if job_id.isdigit() else 0)
-    now = int(time.time())
-    end = int(params.end.timestamp()) if params.end else now
-    start = end - params.range
-    step = params.step or max(10, params.range // DEFAULT_POINTS)
-    found = store.query(session, params.metric, match, start, end, step, now)
-    return QueryOut(
-        start=datetime.fromtimestamp(start, UTC),
-        end=datetime.fromtimestamp(end, UTC),
-        step=max(step, (end - start) // store.MAX_POINTS + 1),
-        unit=METRICS[params.metric].unit,
-        series=[SeriesOut(metric=s.name, labels=s.labels, points=s.points) for s in found],
-    )
+    return monitoring.query(session, caller.actor, params)
 
 
 @exposition.get(
