@@ -3,6 +3,7 @@ simulated over-temperature fires a webhook alert (to a real receiver on loopback
 resolves; Prometheus can scrape /metrics; series are queryable; a job's energy is counted."""
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from suanli.client import ApiError, Client
+from suanli.monitoring.model import METRICS
 
 GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
 
@@ -178,3 +180,23 @@ def test_job_series_are_closed_to_strangers_and_rules_explain_bad_input(monitore
     with pytest.raises(ApiError):
         Client(server.url, "sl_not_a_token").whoami()
     eve.close()
+
+
+def test_the_shipped_grafana_dashboard_asks_only_for_metrics_we_export() -> None:
+    """Every metric name in the dashboard's queries is one /metrics publishes."""
+    exported = {m.dcgm or f"suanli_{name}" for name, m in METRICS.items()}
+    exported |= {"suanli_jobs", "suanli_queue_length"}
+    exported |= {
+        f"{base}_{suffix}"
+        for base in ("suanli_scheduler_cycle_seconds", "suanli_api_request_duration_seconds")
+        for suffix in ("bucket", "sum", "count")
+    }
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "deploy/grafana/suanli.json").read_text())
+    asked = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            asked |= set(re.findall(r"\b((?:DCGM_FI_|suanli_)\w+)", target["expr"]))
+    asked |= set(re.findall(r"\b(suanli_\w+)", json.dumps(dashboard["templating"])))
+    assert len(asked) >= 12
+    assert asked <= exported, asked - exported
