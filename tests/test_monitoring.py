@@ -130,6 +130,9 @@ def test_series_are_queryable_and_a_jobs_energy_is_counted(monitored) -> None:
     job = admin.jobs.submit({"project": "lab", "command": ["sleep", "4"], "resources": {"gpus": 1}})
     done = wait(lambda: (j := admin.jobs.get(job.id)).state == "succeeded" and j, timeout=40)
     assert done.energy_wh > 0  # simulated busy A100: ~400 W for ~4 s ≈ 0.4 Wh
+    energy = admin.projects.energy("lab")
+    assert energy.by_user == {"admin": pytest.approx(done.energy_wh, abs=1e-3)}
+    assert energy.total_wh == pytest.approx(done.energy_wh, abs=1e-3)
     answer = http.get(
         "/api/v1/metrics/query",
         params={"metric": "gpu_temperature_celsius", "label": "gpu=0", "range": "5m"},

@@ -13,7 +13,7 @@ from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
 from suanli.schemas.jobs import JobDetailOut, JobListQuery, JobOut, JobSpec
 from suanli.schemas.nodes import GpuOut, NodeOut
-from suanli.schemas.projects import MemberOut, ProjectOut, QuotaOut
+from suanli.schemas.projects import EnergyOut, MemberOut, ProjectOut, QuotaOut
 from suanli.schemas.system import AuditEventOut, AuditQuery, LogChunkOut, Problem, VersionOut
 
 T = TypeVar("T")
@@ -240,6 +240,10 @@ class Projects(_Group):
 
     def remove_member(self, name: str, user: str) -> None:
         self._client.request("DELETE", f"projects/{name}/members/{user}")
+
+    def energy(self, name: str) -> EnergyOut:
+        """GPU energy of the project's jobs in Wh, in total and per user."""
+        return self._client.get(f"projects/{name}/energy", EnergyOut)
 
     def quota(self, name: str) -> QuotaOut:
         return self._client.get(f"projects/{name}/quota", QuotaOut)

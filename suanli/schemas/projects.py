@@ -88,3 +88,11 @@ class MemberOut(ResponseModel):
     display_name: str
     role: ProjectRole
     created_at: datetime
+
+
+class EnergyOut(ResponseModel):
+    """GPU energy of the project's jobs (power integrated over their GPUs; a fraction counts
+    its share), in watt-hours: in total and per user."""
+
+    total_wh: float
+    by_user: dict[str, float]

@@ -142,3 +142,14 @@ def project_usage(session: Session, project_ids: Iterable[int]) -> dict[int, Usa
         entry.cpus += float(resources.get("cpus") or 0)
         entry.memory_bytes += int(resources.get("memory") or 0)
     return usage
+
+
+def energy_by_user(session: Session, project_id: int) -> dict[str, float]:
+    """The GPU energy (Wh) of a project's jobs, per user who ran them, largest first."""
+    rows = session.execute(
+        select(Job.user_name, func.sum(Job.energy_wh))
+        .where(Job.project_id == project_id)
+        .group_by(Job.user_name)
+    )
+    totals = {user: float(total or 0.0) for user, total in rows}
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))

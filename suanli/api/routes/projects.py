@@ -8,6 +8,7 @@ from suanli.api.deps import CallerDep, SessionDep, SettingsDep
 from suanli.core.names import NAME_PATTERN
 from suanli.db.models import Membership
 from suanli.schemas.projects import (
+    EnergyOut,
     MemberAdd,
     MemberOut,
     MemberUpdate,
@@ -18,7 +19,7 @@ from suanli.schemas.projects import (
     QuotaOut,
     QuotaUpdate,
 )
-from suanli.services import projects
+from suanli.services import cluster, projects
 from suanli.services.projects import ProjectView
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -131,6 +132,14 @@ def remove_member(
     name: ProjectName, user: UserName, caller: CallerDep, session: SessionDep
 ) -> None:
     projects.remove_member(session, caller.actor, name, user)
+
+
+@router.get("/{name}/energy", response_model=EnergyOut)
+def project_energy(name: ProjectName, caller: CallerDep, session: SessionDep) -> EnergyOut:
+    """How much energy the project's jobs drew on their GPUs, per user."""
+    view = projects.get_project(session, caller.actor, name)
+    by_user = cluster.energy_by_user(session, view.project.id)
+    return EnergyOut(total_wh=round(sum(by_user.values()), 4), by_user=by_user)
 
 
 @router.get("/{name}/quota", response_model=QuotaOut)
