@@ -144,6 +144,11 @@ def test_series_are_queryable_and_a_jobs_energy_is_counted(monitored) -> None:
         params={"metric": "job_gpu_power_watts", "label": f"job={job.id}", "range": "5m"},
     ).json()
     assert power["series"] and max(v for _, v in power["series"][0]["points"]) > 100
+    memory = http.get(
+        "/api/v1/metrics/query",
+        params={"metric": "job_memory_bytes", "label": f"job={job.id}", "range": "5m"},
+    ).json()
+    assert max(v for _, v in memory["series"][0]["points"]) > 100_000  # sleep + its wrapper
     bad = http.get("/api/v1/metrics/query", params={"metric": "gpu_nonsense"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "metric"
 

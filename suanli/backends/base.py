@@ -82,9 +82,10 @@ class Backend(Protocol):
         the grace period: the kill happens in the background or in a later poll."""
         ...
 
-    def telemetry(self, busy: Mapping[str, float]) -> list[Sample]:
-        """Node and GPU samples of every host, now (see suanli.monitoring.model). `busy` maps a
-        GPU's UUID to the share of it that jobs hold: simulated devices report from it."""
+    def telemetry(self, busy: Mapping[str, float], jobs: Mapping[int, Handle]) -> list[Sample]:
+        """Node and GPU samples of every host, now, and the CPU and memory of the running
+        `jobs` (see suanli.monitoring.model). `busy` maps a GPU's UUID to the share of it
+        that jobs hold: simulated devices report from it."""
         ...
 
     def warnings(self, handle: Handle) -> tuple[str, ...]:

@@ -96,7 +96,10 @@ class MetricsController:
             active = list(session.scalars(select(Job).where(Job.state.in_(ACTIVE))))
             shares = gpu_shares(active)
             failed = alerting.failed_since(session, self._last_tick or now)
-        samples = self.backend.telemetry(busy_of(shares))
+        handles = {
+            job.id: job.handle for job in active if job.handle and job.state == State.running
+        }
+        samples = self.backend.telemetry(busy_of(shares), handles)
         node = next((s.label("node") for s in samples if s.label("node")), "")
         samples += job_samples(shares, samples, node)
         elapsed = min(now - self._last_tick, 3 * self.interval) if self._last_tick else 0.0

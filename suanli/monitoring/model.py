@@ -133,7 +133,10 @@ METRICS: dict[str, Metric] = {
     "gpu_process_memory_bytes": Metric(
         "GPU memory used by a process (job: the job it belongs to)", "bytes"
     ),
-    # Jobs: derived by the collector from the GPU samples and the placements.
+    # Jobs: CPU and memory from the backend; GPU figures derived from the GPU samples and the
+    # placements.
+    "job_cpu_percent": Metric("CPU used by the job's processes (100 = one core)", "percent"),
+    "job_memory_bytes": Metric("Resident memory of the job's processes", "bytes"),
     "job_gpu_utilization_percent": Metric("Mean SM utilisation over the job's GPUs", "percent"),
     "job_gpu_memory_used_bytes": Metric("GPU memory used by the job's processes", "bytes"),
     "job_gpu_power_watts": Metric(

@@ -41,6 +41,7 @@ from typing import Any
 import suanli
 from suanli.backends.base import ExitStatus, Handle, LaunchSpec, Status
 from suanli.backends.local import cgroups, state
+from suanli.backends.local.jobstats import JobStats
 from suanli.backends.local.mps import MpsDaemons, device_environment, fractional_shares
 from suanli.backends.local.watchdog import Offence, ProcessSample, Share, offenders, sample
 from suanli.config import Settings
@@ -108,7 +109,7 @@ class LocalBackend:
         self._plans: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._host: Host | None = None
-        self._samplers: tuple[NodeSampler, GpuSampler] | None = None
+        self._samplers: tuple[NodeSampler, GpuSampler, JobStats] | None = None
         log.info("local backend: cgroups %s", self.hierarchies.describe())
 
     # -- inventory and telemetry --------------------------------------------------------
@@ -117,18 +118,24 @@ class LocalBackend:
         self._host = host
         return (host,)
 
-    def telemetry(self, busy: Mapping[str, float]) -> list[Sample]:
-        """This host's samples: psutil for the node, NVML (or the simulated devices' model)
-        for the GPUs found by the last inventory."""
+    def telemetry(self, busy: Mapping[str, float], jobs: Mapping[int, Handle]) -> list[Sample]:
+        """This host's samples: psutil for the node and the jobs' process trees, NVML (or
+        the simulated devices' model) for the GPUs found by the last inventory."""
         host = self._host or self.inventory()[0]
         if self._samplers is None:
             self._samplers = (
                 NodeSampler(host.name, self.settings.data_dir),
                 GpuSampler(host.name, self._get_nvml(), self.settings.data_dir),
+                JobStats(host.name),
             )
-        node_sampler, gpu_sampler = self._samplers
+        node_sampler, gpu_sampler, job_stats = self._samplers
+        roots = {job: int(h.get("pid") or 0) for job, h in jobs.items() if h.get("pid")}
         now = time.time()
-        return [*node_sampler.sample(now), *gpu_sampler.sample(now, host.gpus, busy)]
+        return [
+            *node_sampler.sample(now),
+            *gpu_sampler.sample(now, host.gpus, busy),
+            *job_stats.sample(now, roots),
+        ]
 
     # -- launch --------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Handle:
