@@ -17,7 +17,7 @@ from suanli.backends.base import Backend
 from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
-from suanli.db.models import Job
+from suanli.db.models import GpuDevice, Job
 from suanli.monitoring import store
 from suanli.monitoring.model import Sample, labels_of
 from suanli.services import alerting
@@ -45,6 +45,30 @@ def busy_of(shares: dict[int, dict[str, float]]) -> dict[str, float]:
         for uuid, share in per_gpu.items():
             busy[uuid] = min(1.0, busy.get(uuid, 0.0) + share)
     return busy
+
+
+def lost_gpus(devices: Iterable[GpuDevice], samples: Sequence[Sample]) -> list[Sample]:
+    """`gpu_present 0` for the GPUs the inventory knows but no longer finds (NVML lost them,
+    or they went from the host): once discovery stops listing a GPU the samplers say nothing
+    of it, and an alert on its absence must not resolve by itself."""
+    reported = {s.label("uuid") for s in samples if s.name == "gpu_present"}
+    return [
+        Sample(
+            "gpu_present",
+            labels_of(
+                {
+                    "node": gpu.node_name,
+                    "gpu": gpu.index,
+                    "uuid": gpu.uuid,
+                    "model": gpu.model,
+                    "simulated": "1" if gpu.simulated else "0",
+                }
+            ),
+            0.0,
+        )
+        for gpu in devices
+        if not gpu.present and gpu.uuid not in reported
+    ]
 
 
 def job_samples(
@@ -96,12 +120,13 @@ class MetricsController:
             active = list(session.scalars(select(Job).where(Job.state.in_(ACTIVE))))
             shares = gpu_shares(active)
             failed = alerting.failed_since(session, self._last_tick or now)
+            missing = list(session.scalars(select(GpuDevice).where(GpuDevice.present.is_(False))))
         handles = {
             job.id: job.handle for job in active if job.handle and job.state == State.running
         }
         samples = self.backend.telemetry(busy_of(shares), handles)
         node = next((s.label("node") for s in samples if s.label("node")), "")
-        samples += job_samples(shares, samples, node)
+        samples += job_samples(shares, samples, node) + lost_gpus(missing, samples)
         elapsed = min(now - self._last_tick, 3 * self.interval) if self._last_tick else 0.0
         with self.database.writing() as session:
             energy = self._account_energy(session, samples, elapsed)
