@@ -1,5 +1,6 @@
 // Suanli console: the little the pages need beyond htmx. Follow a job's log (server-sent
-// events), ask before destructive actions, switch the submit form's tabs.
+// events), ask before destructive actions, switch the submit form's tabs, show a notification
+// channel's e-mail fields only for e-mail.
 "use strict";
 
 function followLog(pre) {
@@ -29,6 +30,13 @@ function showMode(form) {
   });
 }
 
+function showKind(form) {
+  const kind = form.querySelector("select[name=kind]");
+  form.querySelectorAll("[data-kind-only]").forEach((el) => {
+    el.hidden = kind && el.dataset.kindOnly !== kind.value;
+  });
+}
+
 function setUp(root) {
   root.querySelectorAll("pre[data-follow]").forEach((pre) => {
     if (!pre.dataset.started) { pre.dataset.started = "1"; followLog(pre); }
@@ -36,6 +44,10 @@ function setUp(root) {
   root.querySelectorAll("form[data-job-form]").forEach((form) => {
     showMode(form);
     form.addEventListener("change", () => showMode(form));
+  });
+  root.querySelectorAll("form[data-channel-form]").forEach((form) => {
+    showKind(form);
+    form.addEventListener("change", () => showKind(form));
   });
 }
 
