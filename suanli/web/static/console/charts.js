@@ -222,18 +222,22 @@
     return {
       width,
       height: HEIGHT,
+      padding: [10, 22, 0, 0], // room for the last time label
       cursor: { drag: { x: false, y: false }, points: { size: 6 } },
       legend: { show: found.length <= 24, live: true },
       scales: {
-        // The selected window up to its end (now), from where the data starts when it
-        // starts later (a new server, a job): a few minutes of data fill the chart.
+        // The selected window up to now, from where the data starts when it starts later
+        // (a new server): a few minutes of data fill the chart.
         x: {
           time: true,
           range: (u, min, max) => {
             if (!chart.span) return [min, max];
             const [start, end] = chart.span;
-            const left = min != null && min > start && max > min ? min : start;
-            return [left, Math.max(end, max || end)];
+            const fits = min != null && max > min;
+            const left = fits && min > start ? min : start;
+            // A closed window (a finished job) ends with its data; an open one at now.
+            const right = fits && chart.window.end ? max : Math.max(end, max || end);
+            return [left, right];
           },
         },
         y: {
@@ -245,7 +249,7 @@
         },
       },
       axes: [
-        { stroke: "#66748a", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#e3e8f0" }, values: timeTicks },
+        { stroke: "#66748a", grid: { stroke: "#eef2f7" }, ticks: { stroke: "#e3e8f0" }, values: timeTicks, space: 64 },
         {
           stroke: "#66748a",
           grid: { stroke: "#eef2f7" },
