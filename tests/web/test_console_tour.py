@@ -122,3 +122,12 @@ def test_tour_of_the_main_pages(
     page.goto("/account")
     screenshot(page, f"account-{language}")
     context.close()
+    # The user whose jobs these are sees them on the overview, with project and user.
+    lin = new_context(browser, console, locale="zh-CN" if language == "zh-CN" else "en-US")
+    page = lin.new_page()
+    log_in(page, busy["lin"], "lin-password")
+    mine = page.locator("#overview table.jobs")
+    expect(mine).to_contain_text(busy["vision"])
+    expect(mine).to_contain_text(busy["lin"])
+    expect(mine).not_to_contain_text("object at")
+    lin.close()

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from suanli.api.deps import SessionDep
+from suanli.api.outputs import job_out
 from suanli.schemas.jobs import JobListQuery
 from suanli.services import cluster, jobs, nodes, projects
 from suanli.web import render, session
@@ -36,6 +37,6 @@ def overview(
         holders=holders,
         shared=shared,
         projects=[(v, usage[v.project.id]) for v in views],
-        my_jobs=mine[:MY_JOBS],
+        my_jobs=[job_out(job, request.state.language) for job in mine[:MY_JOBS]],
         more_jobs=len(mine) > MY_JOBS,
     )
