@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from suanli.cli.main import main as cli_main
 from suanli.client import ApiError, Client
 from suanli.monitoring.model import METRICS
 
@@ -208,3 +209,24 @@ def test_the_shipped_grafana_dashboard_asks_only_for_metrics_we_export() -> None
     asked |= set(re.findall(r"\b(suanli_\w+)", json.dumps(dashboard["templating"])))
     assert len(asked) >= 12
     assert asked <= exported, asked - exported
+
+
+def test_the_cli_shows_alerts_and_a_metrics_trend_in_both_languages(
+    monitored, monkeypatch, capsys, tmp_path
+) -> None:
+    server, admin, _ = monitored
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("SUANLI_URL", server.url)
+    monkeypatch.setenv("SUANLI_TOKEN", admin.token)
+    uuid = admin.nodes.list()[0].gpus[1].uuid
+    set_override(server.data_dir, {uuid: {"gpu_present": 0}})  # "GPU lost" fires at once
+    wait(lambda: admin.alerts.list(firing=True))
+    for language, firing in (("en", "firing"), ("zh-CN", "告警中")):
+        monkeypatch.setenv("SUANLI_LANG", language)
+        assert cli_main(["alerts", "--firing"]) == 0
+        out = capsys.readouterr().out
+        assert firing in out and uuid in out and "GPU lost" in out
+        assert cli_main(["metrics", "gpu_temperature_celsius", "-l", "gpu=0", "--range", "5m"]) == 0
+        out = capsys.readouterr().out
+        assert "gpu=0" in out and "°C" in out and any(c in out for c in "▁▂▃▄▅▆▇█")
+    set_override(server.data_dir, {})

@@ -12,7 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from suanli import __version__
-from suanli.cli import audit, config, jobs, nodes, projects, tokens, users
+from suanli.cli import audit, config, jobs, monitoring, nodes, projects, tokens, users
 from suanli.cli.output import (
     JsonOption,
     fail,
@@ -44,6 +44,8 @@ app.command("submit")(jobs.submit)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(nodes.gpus_app, name="gpus")
+app.command("alerts")(monitoring.alerts)
+app.command("metrics")(monitoring.metrics)
 
 
 @app.command()

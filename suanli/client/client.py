@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
 from suanli.schemas.jobs import JobDetailOut, JobListQuery, JobOut, JobSpec
+from suanli.schemas.metrics import AlertEventOut, MetricQuery, QueryOut, RuleOut
 from suanli.schemas.nodes import GpuOut, NodeOut
 from suanli.schemas.projects import EnergyOut, MemberOut, ProjectOut, QuotaOut
 from suanli.schemas.system import AuditEventOut, AuditQuery, LogChunkOut, Problem, VersionOut
@@ -59,6 +60,8 @@ class Client:
         self.audit = Audit(self)
         self.jobs = Jobs(self)
         self.nodes = Nodes(self)
+        self.metrics = Metrics(self)
+        self.alerts = Alerts(self)
 
     def __enter__(self) -> Client:
         return self
@@ -328,6 +331,38 @@ class Jobs(_Group):
             if not chunk.text:
                 time.sleep(poll_seconds)
             chunk = self.logs(job_id, offset=chunk.next_offset)
+
+
+class Metrics(_Group):
+    def query(
+        self,
+        metric: str,
+        *,
+        labels: dict[str, str] | None = None,
+        range: str | int = "1h",
+        step: int | None = None,
+    ) -> QueryOut:
+        """A metric's series over the last `range` ("1h", "7d" or seconds), averaged per
+        `step` seconds, for the series whose labels include `labels`."""
+        query = MetricQuery(
+            metric=metric,
+            label=[f"{k}={v}" for k, v in (labels or {}).items()],
+            range=range,
+            step=step,
+        )
+        params = query.model_dump(mode="json", exclude_none=True)
+        return self._client.get("metrics/query", QueryOut, **params)
+
+
+class Alerts(_Group):
+    def list(self, *, firing: bool = False, limit: int = 100) -> list[AlertEventOut]:
+        """The alert history, newest first; `firing=True` for what fires now."""
+        return self._client.get(
+            "alerts", list[AlertEventOut], firing=str(firing).lower(), limit=limit
+        )
+
+    def rules(self) -> list[RuleOut]:
+        return self._client.get("alerts/rules", list[RuleOut])
 
 
 class Nodes(_Group):
