@@ -7,8 +7,8 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from browsing import ADMIN_PASSWORD, log_in, new_context, screenshot
-from playwright.sync_api import Browser, BrowserContext, Dialog, Page, expect
+from browsing import ADMIN_PASSWORD, accept_dialogs, log_in, new_context, screenshot
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from suanli.client import Client
 
@@ -33,18 +33,6 @@ def alice(context: BrowserContext, team: dict[str, str]) -> Iterator[Page]:
     page = context.new_page()
     log_in(page, team["alice"], team["password"])
     yield page
-
-
-def accept_dialogs(page: Page) -> list[str]:
-    """Confirm every "are you sure?" and remember what was asked."""
-    asked: list[str] = []
-
-    def answer(dialog: Dialog) -> None:
-        asked.append(dialog.message)
-        dialog.accept()
-
-    page.on("dialog", answer)
-    return asked
 
 
 def test_login_refuses_a_wrong_password_and_goes_where_it_was_asked(

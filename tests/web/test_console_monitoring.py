@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from browsing import log_in, new_context, screenshot
-from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, expect
+from browsing import accept_dialogs, log_in, new_context, screenshot
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from suanli.client import Client
 
@@ -228,18 +228,6 @@ def test_an_admin_creates_a_rule_disables_enables_and_deletes_it(context: Browse
     expect(page.locator(".flash")).to_contain_text("Alert rule deleted")
     expect(page.locator("tr[data-rule='Node memory high']")).to_have_count(0)
     assert asked and "Node memory high" in asked[0]
-
-
-def accept_dialogs(page: Page) -> list[str]:
-    """Confirm every "are you sure?" and remember what was asked."""
-    asked: list[str] = []
-
-    def answer(dialog: Dialog) -> None:
-        asked.append(dialog.message)
-        dialog.accept()
-
-    page.on("dialog", answer)
-    return asked
 
 
 def test_an_admin_creates_a_robot_channel_its_token_hidden_then_deletes_it(
