@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from suanli.i18n import normalize
+from suanli.i18n import translate
 from suanli.monitoring.model import METRICS, Labels, Sample, labels_of
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -341,82 +342,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 # Summaries
 
 
-_TEXTS: dict[str, dict[str, str]] = {
-    "en": {
-        "metric": "{state} {severity}: {name} — {where}: {value} (threshold {op} {threshold})",
-        "metric_nowhere": "{state} {severity}: {name}: {value} (threshold {op} {threshold})",
-        "event": "{state} {severity}: {name} — {where}",
-        "event_nowhere": "{state} {severity}: {name}",
-        "subject": "[{state} {severity}] {name}",
-        "subject_where": "[{state} {severity}] {name} — {where}",
-        "separator": ", ",
-        "pending": "PENDING",
-        "firing": "FIRING",
-        "resolved": "RESOLVED",
-        "info": "info",
-        "warning": "warning",
-        "critical": "critical",
-        "node": "node {}",
-        "gpu": "GPU {}",
-        "uuid": " ({})",
-        "mig": "MIG {}",
-        "mount": "mount {}",
-        "interface": "interface {}",
-        "cpu": "CPU {}",
-        "sensor": "sensor {}",
-        "proto": "{}",
-        "pid": "PID {}",
-        "job": "job {}",
-        "job_name": " ({})",
-        "project": "project {}",
-        "user": "user {}",
-        "simulated": "simulated",
-        "no_value": "no value",
-    },
-    "zh-CN": {
-        "metric": "【{state}·{severity}】{name} — {where}：{value}（阈值 {op} {threshold}）",
-        "metric_nowhere": "【{state}·{severity}】{name}：{value}（阈值 {op} {threshold}）",
-        "event": "【{state}·{severity}】{name} — {where}",
-        "event_nowhere": "【{state}·{severity}】{name}",
-        "subject": "【{state}·{severity}】{name}",
-        "subject_where": "【{state}·{severity}】{name} — {where}",
-        "separator": "，",
-        "pending": "待触发",
-        "firing": "告警中",
-        "resolved": "已恢复",
-        "info": "提示",
-        "warning": "警告",
-        "critical": "严重",
-        "node": "节点 {}",
-        "gpu": "GPU {}",
-        "uuid": "（{}）",
-        "mig": "MIG {}",
-        "mount": "挂载点 {}",
-        "interface": "网卡 {}",
-        "cpu": "CPU {}",
-        "sensor": "传感器 {}",
-        "proto": "{}",
-        "pid": "进程 {}",
-        "job": "作业 {}",
-        "job_name": "（{}）",
-        "project": "项目 {}",
-        "user": "用户 {}",
-        "simulated": "模拟设备",
-        "no_value": "无数值",
-    },
-}
+def _text(key: str, language: str, **params: object) -> str:
+    """A piece of an alert's wording, from the catalogues (`alert.text.*`)."""
+    return translate(f"alert.text.{key}", language, **params)
 
-# The default rules' names in the other language, for summaries of rules nobody renamed.
-_DEFAULT_NAMES: dict[str, dict[str, str]] = {
-    "zh-CN": {
-        "GPU temperature high": "GPU 温度过高",
-        "GPU uncorrectable ECC error": "GPU 出现不可纠正的 ECC 错误",
-        "Data disk filling up": "数据盘空间紧张",
-        "Data disk nearly full": "数据盘即将写满",
-        "GPU lost": "GPU 掉卡",
-        "Job failed": "作业失败",
-    },
-}
 
 _OP_SIGNS = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "=", "!=": "≠"}
 _UNIT_SUFFIXES = {
@@ -438,7 +367,7 @@ def _number(value: float) -> str:
 def format_value(value: float | None, unit: str, language: str = "en") -> str:
     """A value with its unit for people: "91 °C", "87.5%", "1.5 GiB", "12 MiB/s", "3"."""
     if value is None or math.isnan(value):
-        return _TEXTS[normalize(language)]["no_value"]
+        return _text("no_value", language)
     if math.isinf(value):
         return "∞" if value > 0 else "-∞"
     if unit in ("bytes", "bytes_per_second"):
@@ -455,42 +384,46 @@ def format_value(value: float | None, unit: str, language: str = "en") -> str:
 
 def rule_name(rule: Rule, language: str) -> str:
     """The rule's name; a default rule's untouched English name reads in `language`."""
-    return _DEFAULT_NAMES.get(normalize(language), {}).get(rule.name, rule.name)
+    key = "alert.rule_name." + re.sub(r"[^a-z0-9]+", "_", rule.name.lower()).strip("_")
+    translated = translate(key, language)
+    return rule.name if translated == key else translated
 
 
 def where(labels: Labels | Mapping[str, str], language: str) -> str:
     """Where an alert is, from its labels: "node vm, GPU 0 (GPU-1a2b…), simulated"."""
-    texts = _TEXTS[normalize(language)]
     values = dict(labels)
     parts: list[str] = []
 
-    def add(key: str, text_key: str | None = None) -> None:
+    def said(key: str, value: str) -> str:
+        return _text(key, language, value=value)
+
+    def add(key: str) -> None:
         if values.get(key):
-            parts.append(texts[text_key or key].format(values[key]))
+            parts.append(said(key, values[key]))
 
     add("node")
     if values.get("gpu"):
-        gpu = texts["gpu"].format(values["gpu"])
-        parts.append(gpu + (texts["uuid"].format(values["uuid"]) if values.get("uuid") else ""))
+        gpu = said("gpu", values["gpu"])
+        parts.append(gpu + (said("uuid", values["uuid"]) if values.get("uuid") else ""))
     elif values.get("uuid"):
-        parts.append(texts["gpu"].format(values["uuid"]))
+        parts.append(said("gpu", values["uuid"]))
     if values.get("mig_profile") or values.get("mig_uuid"):
-        mig = texts["mig"].format(values.get("mig_profile") or values["mig_uuid"])
+        mig = said("mig", values.get("mig_profile") or values["mig_uuid"])
         if values.get("mig_profile") and values.get("mig_uuid"):
-            mig += texts["uuid"].format(values["mig_uuid"])
+            mig += said("uuid", values["mig_uuid"])
         parts.append(mig)
     for key in ("mount", "interface", "cpu", "sensor", "proto", "pid"):
         add(key)
     if values.get("job"):
-        job = texts["job"].format(values["job"])
+        job = said("job", values["job"])
         if values.get("job_name"):
-            job += texts["job_name"].format(values["job_name"])
+            job += said("job_name", values["job_name"])
         parts.append(job)
     add("project")
     add("user")
     if values.get("simulated") == "1":
-        parts.append(texts["simulated"])
-    return texts["separator"].join(parts)
+        parts.append(_text("simulated", language))
+    return _text("separator", language).join(parts)
 
 
 def summary(rule: Rule, alert: Alert, language: str) -> str:
@@ -500,34 +433,32 @@ def summary(rule: Rule, alert: Alert, language: str) -> str:
            (threshold > 85 °C)
     zh-CN: 【告警中·严重】GPU 温度过高 — 节点 vm，GPU 0（GPU-1a2b）：91 °C（阈值 > 85 °C）
     """
-    language = normalize(language)
-    texts = _TEXTS[language]
     place = where(alert.labels, language)
     params = {
-        "state": texts[alert.state],
-        "severity": texts[rule.severity],
+        "state": _text(alert.state, language),
+        "severity": _text(rule.severity, language),
         "name": rule_name(rule, language),
         "where": place,
     }
     if rule.kind == "event":
-        template = texts["event" if place else "event_nowhere"]
+        template = "event" if place else "event_nowhere"
     else:
         unit = METRICS[rule.metric].unit if rule.metric in METRICS else ""
         params["value"] = format_value(alert.value, unit, language)
         params["op"] = _OP_SIGNS.get(rule.op, rule.op)
         params["threshold"] = format_value(rule.threshold, unit, language)
-        template = texts["metric" if place else "metric_nowhere"]
-    return template.format(**params)
+        template = "metric" if place else "metric_nowhere"
+    return _text(template, language, **params)
 
 
 def subject(rule: Rule, alert: Alert, language: str) -> str:
     """A short title (e-mail subject, robot title): "[FIRING critical] GPU lost — node vm"."""
-    language = normalize(language)
-    texts = _TEXTS[language]
     place = where(alert.labels, language)
-    return texts["subject_where" if place else "subject"].format(
-        state=texts[alert.state],
-        severity=texts[rule.severity],
+    return _text(
+        "subject_where" if place else "subject",
+        language,
+        state=_text(alert.state, language),
+        severity=_text(rule.severity, language),
         name=rule_name(rule, language),
         where=place,
     )

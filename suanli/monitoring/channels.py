@@ -53,7 +53,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from suanli import __version__
-from suanli.i18n import LANGUAGES, normalize
+from suanli.i18n import LANGUAGES, normalize, translate
 from suanli.monitoring.alerts import (
     Alert,
     FieldError,
@@ -194,44 +194,6 @@ def validate_channel(channel: Channel) -> Channel:
 # What is said
 
 
-_TEXTS: dict[str, dict[str, str]] = {
-    "en": {
-        "rule": "Rule",
-        "state": "State",
-        "severity": "Severity",
-        "value": "Value",
-        "threshold": "Threshold",
-        "started": "Started",
-        "resolved": "Resolved",
-        "labels": "Labels",
-        "open": "Open in the console",
-        "firing": "FIRING",
-        "resolved_state": "RESOLVED",
-        "info": "info",
-        "warning": "warning",
-        "critical": "critical",
-        "footer": "Suanli monitoring",
-        "colon": ": ",
-    },
-    "zh-CN": {
-        "rule": "规则",
-        "state": "状态",
-        "severity": "级别",
-        "value": "当前值",
-        "threshold": "阈值",
-        "started": "开始时间",
-        "resolved": "恢复时间",
-        "labels": "标签",
-        "open": "在控制台查看",
-        "firing": "告警中",
-        "resolved_state": "已恢复",
-        "info": "提示",
-        "warning": "警告",
-        "critical": "严重",
-        "footer": "算力平台监控",
-        "colon": "：",
-    },
-}
 _OP_SIGNS = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "=", "!=": "≠"}
 
 
@@ -265,7 +227,26 @@ def notice(rule: Rule, alert: Alert, *, language: str, link: str = "") -> Notice
 
 
 def _texts(channel: Channel) -> dict[str, str]:
-    return _TEXTS[normalize(channel.language)]
+    """The channel's words (`alert.channel.*` in the catalogues), in its language."""
+    keys = (
+        "rule",
+        "state",
+        "severity",
+        "value",
+        "threshold",
+        "started",
+        "resolved",
+        "labels",
+        "open",
+        "firing",
+        "resolved_state",
+        "info",
+        "warning",
+        "critical",
+        "footer",
+        "colon",
+    )
+    return {key: translate(f"alert.channel.{key}", channel.language) for key in keys}
 
 
 def _iso(moment: datetime | None) -> str | None:
