@@ -11,9 +11,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -21,6 +23,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from suanli.client import Client
+from suanli.db import migrate
+from suanli.db.engine import Database
 
 ADMIN_PASSWORD = "admin-test-password"
 POSTGRES_URL = os.environ.get("SUANLI_TEST_POSTGRES_URL", "")
@@ -182,7 +186,6 @@ def app_and_database(tmp_path: Path, database_url: str):
     """The application in-process over a prepared database, for tests that walk its routes."""
     from suanli.app import create_app, prepare
     from suanli.config import Settings
-    from suanli.db.engine import Database
 
     settings = Settings(
         data_dir=tmp_path / "data", database_url=database_url, admin_password=ADMIN_PASSWORD
@@ -208,3 +211,60 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
     running = start_server(base / "data", url, env)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def migrated_database(database_url: str) -> Iterator[Database]:
+    """The test's own database, migrated to head, in-process (no server)."""
+    database = Database(database_url)
+    migrate.upgrade(database.engine)
+    yield database
+    database.dispose()
+
+
+class WebhookReceiver:
+    """An HTTP endpoint on loopback that keeps the JSON it is posted; it answers the first
+    `failures` posts with `status`, then 200."""
+
+    def __init__(self, failures: int = 0, status: int = 503) -> None:
+        self.received: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append(json.loads(body))
+                failing = len(receiver.received) <= failures
+                self.send_response(status if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, test: Callable[[dict], bool], timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.received):
+                if test(message):
+                    return message
+            time.sleep(0.2)
+        raise AssertionError(f"no matching webhook in {timeout} s: {self.received}")
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
+    """Start webhook receivers (`webhook_receiver(failures=2)`); all stop at the end."""
+    started: list[WebhookReceiver] = []
+
+    def start(failures: int = 0, status: int = 503) -> WebhookReceiver:
+        receiver = WebhookReceiver(failures, status)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.server.shutdown()

@@ -4,10 +4,8 @@ resolves; Prometheus can scrape /metrics; series are queryable; a job's energy i
 
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,43 +18,11 @@ from suanli.monitoring.model import METRICS
 GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
 
 
-class Receiver:
-    """A webhook endpoint on loopback that keeps what it was sent."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, test: Callable[[dict], bool], timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in list(self.received):
-                if test(message):
-                    return message
-            time.sleep(0.2)
-        raise AssertionError(f"no matching webhook in {timeout} s: {self.received}")
-
-
 @pytest.fixture
-def monitored(server_factory) -> Iterator[tuple]:
+def monitored(server_factory, webhook_receiver) -> Iterator[tuple]:
     server = server_factory({"SUANLI_SIMULATED_GPUS": GPUS, "SUANLI_METRICS_INTERVAL_SECONDS": "1"})
     admin = server.login()
-    receiver = Receiver()
-    yield server, admin, receiver
-    receiver.server.shutdown()
+    yield server, admin, webhook_receiver()
     admin.close()
 
 

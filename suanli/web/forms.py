@@ -102,7 +102,7 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
             spec["command"] = shlex.split(values.get("command", ""))
         except ValueError:
             raise FormError("command", "web.error.unclosed_quote") from None
-    env = _env(values.get("env", ""))
+    env = key_values(values.get("env", ""), "env", "web.error.env_line")
     if env:
         spec["env"] = env
     resources: dict[str, Any] = {}
@@ -128,16 +128,18 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
     return spec
 
 
-def _env(text: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for number_, line in enumerate(text.splitlines(), start=1):
+def key_values(text: str, field: str, message: str) -> dict[str, str]:
+    """`key=value` lines (blank lines and # comments skipped), values as written; a line
+    without "=" or without a key is a FormError on `field` with the catalogue `message`."""
+    found: dict[str, str] = {}
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        name, sep, value = line.partition("=")
-        if not sep:
-            raise FormError("env", "web.error.env_line", line=number_)
-        env[name.strip()] = value
-    return env
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise FormError(field, message, line=line_number)
+        found[key.strip()] = value
+    return found
 
 
 def _yaml_spec(text: str) -> dict[str, Any]:

@@ -501,22 +501,10 @@ def show_alerts(
     return _alerts_page(request, db, viewer, before_id=before_id)
 
 
-class _LineError(Exception):
-    def __init__(self, line: int):
-        self.line = line
-
-
 def _matchers(text: str) -> dict[str, str]:
-    """`key=value` lines (blank lines and # comments skipped) as label matchers."""
-    found: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise _LineError(number)
-        found[key.strip()] = value.strip()
-    return found
+    """Label matchers, one `key=value` a line."""
+    pairs = forms.key_values(text, "match", "web.alerts.matcher_line")
+    return {key: value.strip() for key, value in pairs.items()}
 
 
 def _seconds(text: str) -> float | int | str:
@@ -571,8 +559,8 @@ async def create_rule(request: Request, db: SessionDep, viewer: ViewerDep) -> Re
                 document[field] = read(text)
         body = RuleIn.model_validate(document)
         alerting.save_rule(db, viewer.actor, body.model_dump(exclude_none=True))
-    except _LineError as error:
-        message = translate("web.alerts.matcher_line", request.state.language, line=error.line)
+    except forms.FormError as error:
+        message = translate(error.key, request.state.language, **error.params)
         return _alerts_page(request, db, viewer, {f"{prefix}.match": message}, values, 422)
     except (ValidationError, SuanliError) as error:
         db.rollback()
@@ -623,8 +611,8 @@ async def create_silence(request: Request, db: SessionDep, viewer: ViewerDep) ->
             }
         )
         alerting.create_silence(db, viewer.actor, body.match, body.hours, body.reason)
-    except _LineError as error:
-        message = translate("web.alerts.matcher_line", request.state.language, line=error.line)
+    except forms.FormError as error:
+        message = translate(error.key, request.state.language, **error.params)
         return _alerts_page(request, db, viewer, {f"{prefix}.match": message}, values, 422)
     except (ValidationError, SuanliError) as error:
         db.rollback()
