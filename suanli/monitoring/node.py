@@ -196,9 +196,12 @@ class NodeSampler:
         for cpu, ((busy, total), (busy_0, total_0)) in enumerate(
             zip(current, previous, strict=False)
         ):
-            d_busy, d_total = busy - busy_0, total - total_0
-            if d_total <= 0 or d_busy < 0:
+            d_total = total - total_0
+            if d_total <= 0:
                 continue
+            # The kernel's per-CPU counters can step back a little (iowait notably, and on
+            # virtual machines): clamp rather than drop the core from the chart.
+            d_busy = min(max(busy - busy_0, 0.0), d_total)
             busy_sum += d_busy
             total_sum += d_total
             self._add(out, "node_cpu_percent", _percent(d_busy, d_total), cpu=str(cpu))

@@ -246,3 +246,22 @@ def test_mounts_skip_pseudo_filesystems_and_bind_mount_duplicates(
     monkeypatch.setattr(node_module.psutil, "disk_partitions", lambda all=False: partitions)
     mounts = NodeSampler("n", tmp_path).mounts()
     assert set(mounts) == {"/", "/boot/efi", "/srv/scratch", "data"}
+
+
+def test_a_cpu_counter_that_steps_back_still_reports_the_core(monkeypatch, tmp_path) -> None:
+    """Per-CPU counters can go back a little (iowait, VMs): the core reads 0 %, it is not
+    dropped from the chart."""
+    times = namedtuple("scputimes", "user system idle iowait")
+    calls = iter(
+        [
+            [times(100.0, 50.0, 1000.0, 5.0), times(10.0, 5.0, 1000.0, 0.0)],
+            [times(99.5, 50.0, 1100.0, 5.0), times(60.0, 5.0, 1050.0, 0.0)],
+        ]
+    )
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: next(calls))
+    sampler = NodeSampler("node-a", tmp_path)
+    sampler._sample_cpu([], None)
+    out: list = []
+    sampler._sample_cpu(out, 1.0)
+    per_core = {s.label("cpu"): s.value for s in out if s.label("cpu")}
+    assert per_core == {"0": 0.0, "1": 50.0}
