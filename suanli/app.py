@@ -34,7 +34,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, database: Database, backend: Backend):
         self.platform = PlatformMetrics()
-        self.inventory = InventoryController(database, backend)
+        self.inventory = InventoryController(database, backend, settings.inventory_interval_seconds)
         self.metrics = MetricsController(settings, database, backend)
         workloads = WorkloadController(settings, database, backend, self.platform.scheduler_cycle)
         self.loops = [

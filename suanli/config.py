@@ -5,6 +5,7 @@ The embedded default needs no settings at all: state lives in SQLite under the d
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -32,8 +33,30 @@ class SimulatedGpus(BaseModel):
     memory_bytes: int = Field(80 * 2**30, ge=2**30)
 
 
+class SlurmSettings(BaseModel):
+    """How to reach a Slurm cluster (backend = "slurm"). See docs in README, "Slurm"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # slurmrestd: http(s)://host:port or unix:/path/to/socket (with JWT authentication).
+    # Empty: Slurm's command-line tools (sbatch, squeue, sinfo, scancel) on this host.
+    rest_url: str = Field("", pattern=r"^(|https?://\S+|unix:/\S+)$")
+    rest_api: str = Field("v0.0.38", pattern=r"^v\d+\.\d+\.\d+$")
+    # slurm.conf for the tools (scontrol token, sbatch, ...) and for the jobs' srun; empty:
+    # Slurm's default (/etc/slurm/slurm.conf or configless).
+    conf: str = ""
+    # Reads, signals and cancels go as this user (it must see every job): SlurmUser or root.
+    # Submissions go as the job's own Unix user (see Settings.unix_users), never as root.
+    service_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    token_lifespan_seconds: int = Field(3600, ge=60, le=86400)
+    # The partition of jobs that name no pool; empty: Slurm's default partition.
+    partition: str = ""
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SUANLI_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SUANLI_", extra="forbid", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Field(default_factory=default_data_dir)
     # Empty means SQLite at <data_dir>/suanli.db; PostgreSQL as postgresql+psycopg://...
@@ -76,6 +99,15 @@ class Settings(BaseSettings):
     # The one Unix identity of all jobs on GPU fractions (CUDA MPS serves one user per GPU);
     # empty: the server's user. See suanli/backends/local/mps.py.
     mps_user: str = ""
+
+    # Where workloads run: "local" (processes on this host) or "slurm" (a Slurm cluster that
+    # places them; see `slurm`). With Slurm, the data directory must be on a filesystem
+    # that every node mounts at the same path: jobs' scripts and logs live there.
+    backend: Literal["local", "slurm"] = "local"
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+    # How often the backend's nodes and GPUs are read again (seconds).
+    inventory_interval_seconds: float = Field(60.0, ge=1, le=3600)
 
     # Node and GPU telemetry: how often to collect (seconds). Time series are kept raw for a
     # day, as one-minute means for 30 days and hourly means for a year.

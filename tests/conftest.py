@@ -199,16 +199,28 @@ def app_and_database(tmp_path: Path, database_url: str):
 SIMULATED_A100S = json.dumps([{"count": 4, "model": "A100-SXM4-80GB", "memory_bytes": 80 * 2**30}])
 
 
+@pytest.fixture(scope="session")
+def launch_server() -> Callable[[Path, dict[str, str]], RunningServer]:
+    """Start a server of one's own under `base` on a fresh database (for module-scoped
+    fixtures); the caller stops it."""
+
+    def launch(base: Path, env: dict[str, str]) -> RunningServer:
+        url = _create_postgres_database() if POSTGRES_URL else f"sqlite:///{base / 'suanli.db'}"
+        return start_server(base / "data", url, env)
+
+    return launch
+
+
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def console(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
+) -> Iterator[RunningServer]:
     """A server of the module's own, with four simulated A100s (the console tests)."""
-    base = tmp_path_factory.mktemp("console")
-    url = _create_postgres_database() if POSTGRES_URL else f"sqlite:///{base / 'suanli.db'}"
     env = {
         "SUANLI_SIMULATED_GPUS": SIMULATED_A100S,
         "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
-    running = start_server(base / "data", url, env)
+    running = launch_server(tmp_path_factory.mktemp("console"), env)
     yield running
     running.stop()
 

@@ -16,7 +16,7 @@ from suanli.schemas.jobs import (
 
 def job_out(job: Job, language: str) -> JobOut:
     pending = None
-    if job.state == "pending" and job.pending_code:
+    if job.state in ("pending", "starting") and job.pending_code:
         message = translate(
             f"reason.{job.pending_code}",
             language,
@@ -79,7 +79,11 @@ def event_text(event: JobEvent, language: str) -> str:
         )
     if "reason" in params:
         params["reason"] = translate(
-            f"exit.{params['reason']}", language, code="", signal="", detail=""
+            f"exit.{params['reason']}",
+            language,
+            code="",
+            signal="",
+            detail=params.get("detail", ""),
         )
     return translate(event.detail, language, **params)
 

@@ -36,6 +36,15 @@ class LaunchSpec:
     state_dir: Path  # the backend's own files for this job (exit status, pid, ...)
     run_as: str | None = None  # Unix user; None runs as the server's user
     max_duration: float | None = None  # seconds; the backend ends the job as "timeout"
+    name: str = ""
+    user: str = ""  # the Suanli user it runs for
+    # What an engine that places work itself needs (see Backend.places_work); a backend that
+    # was given a placement uses that. GPUs, CPUs and memory are per node.
+    nodes: int = 1
+    gpus: int = 0
+    gpu_model: str | None = None
+    pool: str | None = None  # the engine's partition; None: its default
+    launcher: str = "none"  # see suanli.backends.launchers
 
 
 @dataclass(frozen=True)
@@ -54,14 +63,25 @@ class ExitStatus:
 
 @dataclass(frozen=True)
 class Status:
-    running: bool
+    running: bool  # started or still queued in the engine: not ended
     exit: ExitStatus | None = None  # set when not running
     # Limits the backend could not apply (e.g. no cgroup controller), said in plain words.
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Still waiting in the engine's own queue: its reason, in its words (Slurm: "Resources",
+    # "Priority", ...). Empty once the workload started.
+    queued: str = ""
+    # Where the engine placed it, once started: {"node": ..., "gpus": [{"uuid": ...}]}, in
+    # the form of a job's placement. None: the backend was given the placement.
+    placement: dict[str, Any] | None = None
+    started_at: float | None = None  # Unix time the engine started it, where it says
 
 
 class Backend(Protocol):
     name: str
+    # True when the backend's engine places work on nodes and GPUs and queues it itself
+    # (Slurm): Suanli then admits on quotas and total capacity only, and a launched workload
+    # is running only once poll() says it left the engine's queue.
+    places_work: bool
 
     def inventory(self) -> tuple[Host, ...]:
         """The hosts (nodes) and devices this backend can run on."""

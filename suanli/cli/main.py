@@ -58,8 +58,8 @@ def server(
     ] = None,
 ) -> None:
     """Start the Suanli server (SQLite in the data directory unless a database URL is set)."""
+    from suanli import backends
     from suanli.app import Runtime, create_app, prepare
-    from suanli.backends.local.backend import LocalBackend
     from suanli.config import Settings
     from suanli.db.engine import Database
 
@@ -89,7 +89,7 @@ def server(
         say("cli.server_admin_generated", name=settings.admin_username, password=generated)
     say("cli.server_login", url=url, name=settings.admin_username)
     sys.stdout.flush()
-    backend = LocalBackend(settings, mps_user=settings.mps_user or None)
+    backend = backends.create(settings)
     runtime = Runtime(settings, database, backend)
     uv = uvicorn.Config(
         create_app(settings, database, runtime),

@@ -7,11 +7,11 @@ from suanli.services.nodes import record_inventory
 
 class InventoryController:
     name = "inventory"
-    interval = 60.0
 
-    def __init__(self, database: Database, backend: Backend):
+    def __init__(self, database: Database, backend: Backend, interval: float = 60.0):
         self.database = database
         self.backend = backend
+        self.interval = interval
 
     def tick(self) -> None:
         hosts = self.backend.inventory()

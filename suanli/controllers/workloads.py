@@ -9,13 +9,14 @@ a second time.
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from suanli.backends.base import Backend, ExitStatus, LaunchSpec, Limits
+from suanli.backends.base import Backend, ExitStatus, LaunchSpec, Limits, Status
 from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
@@ -30,6 +31,12 @@ from suanli.services.nodes import scheduler_nodes
 log = logging.getLogger("suanli.controllers.workloads")
 
 STOP_GRACE_SECONDS = 10.0
+# Seconds between ticks; shorter while an engine's queue holds a launched job, so that its
+# start is seen (and shown) within half a second.
+INTERVAL = 2.0
+ENGINE_START_INTERVAL = 0.5
+# A launched job still in its engine's queue: reason.engine_queued, with the engine's reason.
+ENGINE_QUEUED = "engine_queued"
 USAGE_HALF_LIFE = 7 * 86400.0
 
 
@@ -43,7 +50,7 @@ def log_path(settings: Settings, job_id: int) -> Path:
 
 class WorkloadController:
     name = "workloads"
-    interval = 2.0
+    interval = INTERVAL
 
     def __init__(
         self,
@@ -76,8 +83,10 @@ class WorkloadController:
             rows = session.execute(
                 select(Job.id, Job.handle).where(Job.state.in_([State.starting, State.running]))
             ).all()
+        queued = False
         for job_id, handle in rows:
             status = self.backend.poll(handle) if handle else None
+            queued = queued or bool(status and status.running and status.queued)
             with self.database.writing() as session:
                 job = _load(session, job_id)
                 if job is None or job.state not in (State.starting, State.running):
@@ -94,9 +103,30 @@ class WorkloadController:
                 elif status.running:
                     if list(status.warnings) != list(job.warnings):
                         job.warnings = list(status.warnings)
+                    if job.state == State.starting:
+                        self._starting(job, status)
                 else:
+                    if status.placement and not job.placement:  # ended before we saw it run
+                        job.placement = status.placement
+                    if status.started_at and not job.started_at:
+                        job.started_at = datetime.fromtimestamp(status.started_at, UTC)
                     self._ended(job, status.exit or ExitStatus("lost", detail="no exit status"))
                 session.commit()
+        self.interval = ENGINE_START_INTERVAL if queued else INTERVAL
+
+    def _starting(self, job: Job, status: Status) -> None:
+        """A job in the engine's queue: show the engine's reason until it starts."""
+        if status.queued:
+            params = {"engine": self.backend.name.capitalize(), "reason": status.queued}
+            if (job.pending_code, job.pending_params) != (ENGINE_QUEUED, params):
+                job.pending_code, job.pending_params = ENGINE_QUEUED, params
+            return
+        job.pending_code, job.pending_params = "", {}
+        if status.placement is not None:
+            job.placement = status.placement
+        if status.started_at is not None:
+            job.started_at = datetime.fromtimestamp(status.started_at, UTC)
+        move(job, State.running, "event.started_on", **_placement_params(_placement(job.placement)))
 
     def _ended(self, job: Job, exit: ExitStatus) -> None:
         job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
@@ -112,7 +142,12 @@ class WorkloadController:
         elif job.attempts <= retries and exit.reason != "cancelled":
             reason = "preempted" if stop == "preempted" else exit.reason
             self._requeue(
-                job, "event.requeued", reason=reason, attempt=job.attempts, attempts=retries + 1
+                job,
+                "event.requeued",
+                reason=reason,
+                detail=exit.detail,
+                attempt=job.attempts,
+                attempts=retries + 1,
             )
         else:
             if stop == "preempted":
@@ -180,8 +215,12 @@ class WorkloadController:
             for row in active
             if row.state == State.pending and not row.stop_reason
         )
+        # An engine's jobs hold capacity without a placement of ours; our own are counted
+        # from their placement.
         running = tuple(
-            self._workload(row) for row in active if row.state in ACTIVE and row.placement
+            self._workload(row)
+            for row in active
+            if row.state in ACTIVE and (row.placement or self.backend.places_work)
         )
         if self._last_tick is not None:
             self.usage = decayed_usage(
@@ -200,7 +239,8 @@ class WorkloadController:
                 pending=pending,
                 running=running,
                 usage=self.usage,
-            )
+            ),
+            place=not self.backend.places_work,
         )
         shown = {
             row.id: (row.pending_code, row.pending_params, row.pending_position) for row in active
@@ -244,7 +284,9 @@ class WorkloadController:
 
     def _workload(self, row: Any) -> sched.Workload:
         request, preemptible, max_duration = self._parsed(row.id, row.spec)
-        placement = _placement(row.placement) if row.placement else None
+        placement = None
+        if row.placement and not self.backend.places_work:  # an engine's is for people only
+            placement = _placement(row.placement)
         return sched.Workload(
             id=row.id,
             project=row.name,
@@ -300,9 +342,13 @@ class WorkloadController:
             if job is None:
                 return
             job.handle = handle
-            job.started_at = utcnow()
             job.warnings = list(self.backend.warnings(handle))
-            move(job, State.running, "event.started")
+            if self.backend.places_work:  # in the engine's queue: follow() sees it start
+                note(job, "event.submitted_to_engine", engine=self.backend.name.capitalize())
+                self.interval = ENGINE_START_INTERVAL
+            else:
+                job.started_at = utcnow()
+                move(job, State.running, "event.started")
             session.commit()
 
     def _launch_spec(self, job: Job) -> LaunchSpec:
@@ -317,8 +363,16 @@ class WorkloadController:
             argv = tuple(spec.command or ())
         workdir = Path(spec.workdir) if spec.workdir else folder
         placement = _placement(job.placement)
+        resources = spec.resources
         return LaunchSpec(
             job_id=job.id,
+            name=job.name or f"job-{job.id}",
+            user=job.user_name,
+            nodes=resources.nodes,
+            gpus=resources.gpus,
+            gpu_model=resources.gpu_model,
+            pool=spec.pool,
+            launcher=spec.launcher,
             argv=argv,
             workdir=workdir,
             env={**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name},

@@ -200,6 +200,11 @@ class Node(Base):
     schedulable: Mapped[bool] = mapped_column(Boolean, default=True)
     drain_reason: Mapped[str] = mapped_column(String(500), default="")
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A cluster engine's own word on the node (see suanli.gpu.model.Host); empty locally.
+    engine_state: Mapped[str] = mapped_column(String(128), default="")
+    engine_reason: Mapped[str] = mapped_column(String(500), default="")
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    pools: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     gpus: Mapped[list["GpuDevice"]] = relationship(
         back_populates="node", cascade="all, delete-orphan", order_by="GpuDevice.index"

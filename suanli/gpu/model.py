@@ -37,3 +37,9 @@ class Host:
     driver: str = ""  # NVML driver version; "" without a driver
     # (index_a, index_b) -> "nvlink" | "pcie-switch" | "same-socket" | "cross-socket"
     links: dict[tuple[int, int], str] = field(default_factory=dict)
+    # What a cluster engine says of the node (Slurm: "idle", "mixed+drain", ...) and why;
+    # empty for this host itself. `available`: the engine gives it new work.
+    state: str = ""
+    reason: str = ""
+    available: bool = True
+    pools: tuple[str, ...] = ()  # the engine's partitions it belongs to

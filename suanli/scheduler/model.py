@@ -40,6 +40,7 @@ class Node:
     memory_bytes: int
     devices: tuple[Device, ...] = ()
     schedulable: bool = True
+    pools: tuple[str, ...] = ()  # a cluster engine's partitions
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,15 @@ Command = Annotated[list[text(min_length=1, max_length=4096)], Field(min_length=
 DEFAULT_MEMORY = 4 * 2**30
 
 
+Launcher = Literal["none", "torchrun", "deepspeed", "mpirun"]
+
+
 class Resources(RequestModel):
     """Whole GPUs (`gpus`, optionally of `gpu_model`), or one fraction of a shared GPU
-    (`gpu_memory` and/or `gpu_compute_percent`), plus CPUs and memory."""
+    (`gpu_memory` and/or `gpu_compute_percent`), plus CPUs and memory. With `nodes` > 1
+    (a cluster engine such as Slurm) GPUs, CPUs and memory are per node."""
 
+    nodes: count(minimum=1, maximum=1024) = 1
     gpus: count(maximum=1024) = 0
     gpu_model: ShortText | None = None
     gpu_memory: Size | None = None
@@ -90,6 +95,10 @@ class Resources(RequestModel):
         if self.gpus and (self.gpu_memory or self.gpu_compute_percent):
             raise PydanticCustomError(
                 "gpu_whole_and_fraction", "ask for whole GPUs or for a fraction of one, not both"
+            )
+        if self.nodes > 1 and (self.gpu_memory or self.gpu_compute_percent):
+            raise PydanticCustomError(
+                "fraction_on_many_nodes", "a GPU fraction runs on one node: nodes must be 1"
             )
         return self
 
@@ -113,6 +122,12 @@ class JobSpec(RequestModel):
         default_factory=dict
     )
     resources: Resources = Resources()
+    # How the command is started on each node: `torchrun` / `deepspeed` start one process per
+    # GPU, `mpirun` one MPI rank per GPU, `none` runs the command once per node. Each gets the
+    # rendezvous environment (MASTER_ADDR, MASTER_PORT, NODE_RANK, NNODES, ...).
+    launcher: Launcher = "none"
+    # The resource pool (a Slurm partition) to run in; empty: the cluster's default.
+    pool: Name | None = None
     priority: Priority = "normal"
     max_duration: Duration | None = None
     retries: count(maximum=10) = 0

@@ -6,6 +6,9 @@ from pydantic import Field
 
 from suanli.schemas.types import Flag, RequestModel, ResponseModel, text
 
+# NVML's GPU-… and MIG-… UUIDs, and the names an engine's GPUs get (slurm-<node>-gpu<i>).
+GPU_UUID_PATTERN = r"^[A-Za-z0-9._-]{1,96}$"
+
 
 class GpuOut(ResponseModel):
     uuid: str
@@ -35,6 +38,12 @@ class NodeOut(ResponseModel):
     schedulable: bool
     drain_reason: str
     seen_at: datetime
+    # A cluster engine's own state and reason (Slurm: "mixed+drain", "Not responding"), and
+    # whether it takes new work; empty state for the local host.
+    engine_state: str
+    engine_reason: str
+    available: bool
+    pools: list[str]
     gpus: list[GpuOut]
 
 

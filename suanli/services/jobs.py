@@ -42,6 +42,7 @@ def request_of(spec: JobSpec) -> sched.Request:
         gpu_compute_percent=resources.gpu_compute_percent or 0,
         cpus=resources.cpus,
         memory_bytes=resources.memory,
+        nodes=resources.nodes,
     )
 
 
@@ -58,6 +59,13 @@ def submit(
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
+    if spec.pool is not None:
+        pools = sorted({pool for node in nodes for pool in node.pools})
+        if spec.pool not in pools:
+            raise InvalidInput(
+                "error.unknown_pool", field="pool", pool=spec.pool, pools=", ".join(pools) or "-"
+            )
+        nodes = [node for node in nodes if spec.pool in node.pools]
     problem = check_feasible(request_of(spec), nodes)
     if problem is not None:
         code, params = problem
@@ -69,7 +77,7 @@ def submit(
         name=spec.name,
         spec=spec.model_dump(mode="json"),
         priority=spec.priority,
-        gpus=float(spec.resources.gpus),
+        gpus=float(spec.resources.gpus * spec.resources.nodes),
         state=State.pending,
     )
     note(job, "event.submitted")

@@ -26,6 +26,8 @@ def record_inventory(session: Session, backend: str, hosts: Sequence[Host]) -> N
         node.cpus, node.memory_bytes = host.cpus, host.memory_bytes
         node.disk_total_bytes, node.disk_free_bytes = host.disk_total_bytes, host.disk_free_bytes
         node.driver, node.seen_at = host.driver, utcnow()
+        node.engine_state, node.engine_reason = host.state, host.reason[:500]
+        node.available, node.pools = host.available, list(host.pools)
         known = {gpu.uuid: gpu for gpu in node.gpus}
         found: set[str] = set()
         for gpu in host.gpus:
@@ -59,7 +61,8 @@ def scheduler_nodes(session: Session) -> tuple[sched.Node, ...]:
             name=node.name,
             cpus=float(node.cpus),
             memory_bytes=node.memory_bytes,
-            schedulable=node.schedulable,
+            schedulable=node.schedulable and node.available,
+            pools=tuple(node.pools),
             devices=tuple(
                 sched.Device(
                     id=gpu.uuid,

@@ -9,128 +9,23 @@ tests fail and say why.
 """
 
 import getpass
-import os
-import random
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from slurmcluster import Cluster, live_processes_with, parse, running_cluster
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slurm"
 # Installing the packages (first run on a machine) comes on top of the per-test limit.
 pytestmark = pytest.mark.timeout(300)
 
 
-@dataclass
-class Cluster:
-    dir: Path
-    info: dict[str, str]  # the KEY=VALUE lines scripts/slurm printed
-    env: dict[str, str]  # for Slurm's commands: this environment with SLURM_CONF
-    start_seconds: float
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            list(args), env=self.env, capture_output=True, text=True, timeout=60, check=False
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"{args} failed ({done.returncode}): {done.stderr}")
-        return done
-
-    def sbatch(self, *args: str) -> int:
-        return int(self.run("sbatch", "--parsable", *args).stdout.strip().split(";")[0])
-
-    def job(self, job_id: int) -> dict[str, str]:
-        """`scontrol show job` as a dict (finished jobs stay MinJobAge seconds)."""
-        text = self.run("scontrol", "show", "job", "--oneliner", str(job_id)).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", text))
-
-    def wait_for_state(self, job_id: int, states: set[str], seconds: float = 30) -> str:
-        deadline = time.monotonic() + seconds
-        while True:
-            state = self.job(job_id)["JobState"]
-            if state in states:
-                return state
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} is {state} after {seconds} s, not {states}")
-            time.sleep(0.2)
-
-    def script(self, action: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(SCRIPT), action, str(self.dir)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-
-
-def _free_port_base() -> int:
-    """Four consecutive free loopback ports below Linux's ephemeral range (where srun's and
-    clients' own ports come from), so that parallel runs and a developer's Slurm keep off."""
-    for _ in range(100):
-        base = random.randrange(20000, 32000)
-        try:
-            for port in range(base, base + 4):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no four consecutive free ports found on 127.0.0.1")
-
-
-def _parse(stdout: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in stdout.splitlines() if re.match(r"^[A-Z_]+=", line))
-
-
-def _live_processes_with(variable: str) -> list[str]:
-    """Processes (not zombies) having VARIABLE (NAME=value) in their environment: the
-    daemons get SLURM_CONF from the script, jobs from their submitter."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if state != "Z" and variable.encode() in environ:
-            found.append(f"{entry.name} {command}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    directory = Path(tempfile.mkdtemp(prefix="suanli-slurm-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["SUANLI_SLURM_PORT_BASE"] = str(_free_port_base())
-    cluster = Cluster(directory, {}, env, 0.0)
-    try:
-        began = time.monotonic()
-        started = cluster.script("start")
-        cluster.start_seconds = time.monotonic() - began
-        print(f"scripts/slurm start took {cluster.start_seconds:.1f} s:\n{started.stderr}")
-        assert started.returncode == 0, f"scripts/slurm start failed:\n{started.stderr}"
-        cluster.info = _parse(started.stdout)
-        env["SLURM_CONF"] = cluster.info["SLURM_CONF"]
-        yield cluster
-    finally:
-        stopped = cluster.script("stop")
-        left = _live_processes_with(f"SLURM_CONF={directory}/etc/slurm.conf")
-        shutil.rmtree(directory, ignore_errors=True)
-        assert stopped.returncode == 0, f"scripts/slurm stop failed:\n{stopped.stderr}"
-        assert not left, f"still running after scripts/slurm stop: {left}"
+    with running_cluster() as started:
+        yield started
 
 
 def test_the_script_prints_what_a_client_needs(cluster: Cluster) -> None:
@@ -205,13 +100,13 @@ def test_scancel_ends_a_running_sleep(cluster: Cluster) -> None:
     job_id = cluster.sbatch("--output=/dev/null", "--wrap", "sleep 300")
     cluster.wait_for_state(job_id, {"RUNNING"})
     deadline = time.monotonic() + 10
-    while not _live_processes_with(f"SLURM_JOB_ID={job_id}"):  # the batch shell and sleep
+    while not live_processes_with(f"SLURM_JOB_ID={job_id}"):  # the batch shell and sleep
         assert time.monotonic() < deadline, "the job's processes never showed up"
         time.sleep(0.1)
     cluster.run("scancel", str(job_id))
     assert cluster.wait_for_state(job_id, {"CANCELLED", "COMPLETED", "FAILED"}) == "CANCELLED"
     deadline = time.monotonic() + 15
-    while left := _live_processes_with(f"SLURM_JOB_ID={job_id}"):
+    while left := live_processes_with(f"SLURM_JOB_ID={job_id}"):
         assert time.monotonic() < deadline, f"still running after scancel: {left}"
         time.sleep(0.1)
 
@@ -273,7 +168,7 @@ def test_start_on_a_running_cluster_restarts_it(cluster: Cluster) -> None:
     again = cluster.script("start")
     assert again.returncode == 0, again.stderr
     assert "a cluster is running in" in again.stderr and "restarting it" in again.stderr
-    assert _parse(again.stdout) == cluster.info
+    assert parse(again.stdout) == cluster.info
     states = cluster.run("sinfo", "--noheader", "--Node", "--format=%N %t").stdout
     assert sorted(states.splitlines()) == ["node1 idle", "node2 idle"]
     assert cluster.run("squeue", "--noheader", "-t", "all").stdout == ""  # state starts empty
@@ -284,5 +179,5 @@ def test_stop_ends_every_process_of_the_cluster(cluster: Cluster) -> None:
     cluster.wait_for_state(job_id, {"RUNNING"})
     stopped = cluster.script("stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert not _live_processes_with(f"SLURM_CONF={cluster.info['SLURM_CONF']}")
+    assert not live_processes_with(f"SLURM_CONF={cluster.info['SLURM_CONF']}")
     assert cluster.script("stop").returncode == 0  # idempotent

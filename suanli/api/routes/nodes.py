@@ -7,12 +7,12 @@ from sqlalchemy.orm import Session
 
 from suanli.api.deps import CallerDep, SessionDep
 from suanli.db.models import Node
-from suanli.schemas.nodes import GpuOut, GpuUpdate, NodeOut, NodeUpdate
+from suanli.schemas.nodes import GPU_UUID_PATTERN, GpuOut, GpuUpdate, NodeOut, NodeUpdate
 from suanli.services import cluster, nodes
 
 router = APIRouter(tags=["nodes"])
 NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
-GpuUuid = Annotated[str, Path(max_length=96, pattern=r"^[A-Za-z0-9-]+$")]
+GpuUuid = Annotated[str, Path(max_length=96, pattern=GPU_UUID_PATTERN)]
 
 
 def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
@@ -27,6 +27,10 @@ def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
         schedulable=node.schedulable,
         drain_reason=node.drain_reason,
         seen_at=node.seen_at,
+        engine_state=node.engine_state,
+        engine_reason=node.engine_reason,
+        available=node.available,
+        pools=list(node.pools),
         gpus=[
             GpuOut.model_validate(gpu).model_copy(update={"used_by": users.get(gpu.uuid, [])})
             for gpu in node.gpus

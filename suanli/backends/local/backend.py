@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import suanli
+from suanli.backends import launchers
 from suanli.backends.base import ExitStatus, Handle, LaunchSpec, Status
 from suanli.backends.local import cgroups, state
 from suanli.backends.local.jobstats import JobStats
@@ -77,6 +78,7 @@ class LocalBackend:
     """
 
     name = "local"
+    places_work = False
 
     def __init__(
         self,
@@ -150,7 +152,7 @@ class LocalBackend:
             plan = self._plan(spec, state_dir)
             try:
                 plan["env"] = {
-                    **spec.env,
+                    **plan["env"],
                     **device_environment(spec.job_id, spec.placement, self.data_dir),
                 }
                 plan["run_as"] = self._identity(spec)
@@ -195,11 +197,20 @@ class LocalBackend:
         }
 
     def _plan(self, spec: LaunchSpec, state_dir: Path) -> dict[str, Any]:
+        # One node: the launcher's rendezvous is this host.
+        rendezvous = {
+            "nodes": 1,
+            "gpus_per_node": len(spec.placement.devices),
+            "node_rank": "0",
+            "master_addr": "127.0.0.1",
+            "master_port": str(launchers.master_port(spec.job_id)),
+        }
+        argv = launchers.node_command(spec.launcher, spec.argv, **rendezvous)
         return {
             "job_id": spec.job_id,
-            "argv": [str(a) for a in spec.argv],
+            "argv": [str(a) for a in argv],
             "workdir": str(Path(spec.workdir).absolute()),
-            "env": dict(spec.env),
+            "env": {**launchers.rendezvous_env(spec.launcher, **rendezvous), **spec.env},
             "log_path": str(Path(spec.log_path).absolute()),
             "limits": asdict(spec.limits),
             "run_as": spec.run_as,

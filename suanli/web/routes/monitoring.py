@@ -29,6 +29,7 @@ from suanli.monitoring import alerts
 from suanli.monitoring.model import METRICS, labels_of
 from suanli.schemas.jobs import DURATION_PATTERN
 from suanli.schemas.metrics import ChannelIn, MetricQuery, RuleIn, SilenceIn
+from suanli.schemas.nodes import GPU_UUID_PATTERN
 from suanli.schemas.types import MAX_INT32
 from suanli.services import alerting, cluster, monitoring, nodes
 from suanli.services.common import require_admin
@@ -38,7 +39,7 @@ from suanli.web.session import Viewer
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
 NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
-GpuUuid = Annotated[str, Path(max_length=96, pattern=r"^[A-Za-z0-9-]+$")]
+GpuUuid = Annotated[str, Path(max_length=96, pattern=GPU_UUID_PATTERN)]
 Id = Annotated[int, Path(ge=1, le=MAX_INT32)]
 HISTORY_PAGE = 50
 CHANNEL_KINDS = ("webhook", "wecom", "dingtalk", "feishu", "email")
@@ -364,7 +365,7 @@ def _link(labels: Mapping[str, str]) -> str:
     """The console page that best shows where an alert is."""
     if labels.get("job", "").isdigit():
         return f"/jobs/{labels['job']}"
-    if re.fullmatch(r"[A-Za-z0-9-]{1,96}", labels.get("uuid", "")):
+    if re.match(GPU_UUID_PATTERN, labels.get("uuid", "")):
         return f"/gpus/{labels['uuid']}"
     if labels.get("node") and "/" not in labels["node"]:
         return f"/nodes/{labels['node']}"

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Form, Path, Request
 from fastapi.responses import Response
 
 from suanli.api.deps import SessionDep
+from suanli.schemas.nodes import GPU_UUID_PATTERN
 from suanli.services import cluster, nodes
 from suanli.web import render, session
 from suanli.web.session import Viewer
@@ -13,7 +14,7 @@ from suanli.web.session import Viewer
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
 NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
-GpuUuid = Annotated[str, Path(max_length=96, pattern=r"^[A-Za-z0-9-]+$")]
+GpuUuid = Annotated[str, Path(max_length=96, pattern=GPU_UUID_PATTERN)]
 Reason = Annotated[str, Form(max_length=500)]
 
 

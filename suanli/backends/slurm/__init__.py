@@ -1,0 +1,1 @@
+"""The slurm backend: jobs admitted by Suanli run on a Slurm cluster (see `backend`)."""
