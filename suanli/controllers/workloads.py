@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from suanli.backends.base import Backend, ExitStatus, LaunchSpec, Limits, Status
+from suanli.backends.base import Backend, ExitStatus, Handle, LaunchSpec, Limits, Status
 from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
@@ -74,19 +74,27 @@ class WorkloadController:
         admitted = self.schedule()
         if self.cycle_times is not None:
             self.cycle_times.observe(time.perf_counter() - started)
-        for job_id in admitted:
-            self.launch(job_id)
+        self.launch(admitted)
 
     # 1. Follow what runs: re-adopts jobs after a restart, records how they ended.
     def follow(self) -> None:
         with self.database.reading() as session:
             rows = session.execute(
-                select(Job.id, Job.handle).where(Job.state.in_([State.starting, State.running]))
+                select(Job.id, Job.handle, Job.state, Job.warnings).where(
+                    Job.state.in_([State.starting, State.running])
+                )
             ).all()
         queued = False
-        for job_id, handle in rows:
+        for job_id, handle, state, warnings in rows:
             status = self.backend.poll(handle) if handle else None
             queued = queued or bool(status and status.running and status.queued)
+            if (
+                status is not None
+                and status.running
+                and state == State.running
+                and list(status.warnings) == list(warnings or ())
+            ):
+                continue  # nothing changed: no write transaction
             with self.database.writing() as session:
                 job = _load(session, job_id)
                 if job is None or job.state not in (State.starting, State.running):
@@ -318,37 +326,45 @@ class WorkloadController:
             del self._requests[job_id]
 
     # 4. Act: launch, with the attempt written down before and the handle right after.
-    def launch(self, job_id: int) -> None:
+    def launch(self, job_ids: list[int]) -> None:
+        """Launch what was admitted: one write transaction marks them all `starting`, the
+        backend starts each, one more records every handle (two commits however many jobs
+        a cycle admits: a burst of submits is not held up by a commit per job)."""
+        specs: dict[int, LaunchSpec] = {}
         with self.database.writing() as session:
-            job = _load(session, job_id)
-            if job is None or job.state != State.admitted:
-                return
-            job.attempts += 1
-            move(job, State.starting, "event.attempt", attempt=job.attempts)
-            session.commit()
-            spec = self._launch_spec(job)
-        try:
-            handle = self.backend.launch(spec)
-        except Exception as error:  # a launch error fails this attempt, it does not crash us
-            log.exception("launching job %s failed", job_id)
-            with self.database.writing() as session:
+            for job_id in job_ids:
                 job = _load(session, job_id)
-                if job is not None:
-                    self._ended(job, ExitStatus("launch_error", detail=str(error)))
-                    session.commit()
+                if job is None or job.state != State.admitted:
+                    continue
+                job.attempts += 1
+                move(job, State.starting, "event.attempt", attempt=job.attempts)
+                specs[job_id] = self._launch_spec(job)
+            session.commit()
+        outcomes: dict[int, Handle | Exception] = {}
+        for job_id, spec in specs.items():
+            try:
+                outcomes[job_id] = self.backend.launch(spec)
+            except Exception as error:  # a launch error fails this attempt, not the others
+                log.exception("launching job %s failed", job_id)
+                outcomes[job_id] = error
+        if not outcomes:
             return
         with self.database.writing() as session:
-            job = _load(session, job_id)
-            if job is None:
-                return
-            job.handle = handle
-            job.warnings = list(self.backend.warnings(handle))
-            if self.backend.places_work:  # in the engine's queue: follow() sees it start
-                note(job, "event.submitted_to_engine", engine=self.backend.name.capitalize())
-                self.interval = ENGINE_START_INTERVAL
-            else:
-                job.started_at = utcnow()
-                move(job, State.running, "event.started")
+            for job_id, outcome in outcomes.items():
+                job = _load(session, job_id)
+                if job is None:
+                    continue
+                if isinstance(outcome, Exception):
+                    self._ended(job, ExitStatus("launch_error", detail=str(outcome)))
+                    continue
+                job.handle = outcome
+                job.warnings = list(self.backend.warnings(outcome))
+                if self.backend.places_work:  # in the engine's queue: follow() sees it start
+                    note(job, "event.submitted_to_engine", engine=self.backend.name.capitalize())
+                    self.interval = ENGINE_START_INTERVAL
+                else:
+                    job.started_at = utcnow()
+                    move(job, State.running, "event.started")
             session.commit()
 
     def _launch_spec(self, job: Job) -> LaunchSpec:

@@ -46,6 +46,22 @@ def request_of(spec: JobSpec) -> sched.Request:
     )
 
 
+def check_runnable(spec: JobSpec, nodes: Sequence[sched.Node]) -> None:
+    """Refuse a job that names no known pool, or that no node (of its pool) could ever run,
+    rather than leave it pending forever."""
+    if spec.pool is not None:
+        pools = sorted({pool for node in nodes for pool in node.pools})
+        if spec.pool not in pools:
+            raise InvalidInput(
+                "error.unknown_pool", field="pool", pool=spec.pool, pools=", ".join(pools) or "-"
+            )
+        nodes = [node for node in nodes if spec.pool in node.pools]
+    problem = check_feasible(request_of(spec), nodes)
+    if problem is not None:
+        code, params = problem
+        raise InvalidInput(f"infeasible.{code}", field="resources", **params)
+
+
 def submit(
     session: Session,
     actor: Actor,
@@ -59,17 +75,7 @@ def submit(
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
-    if spec.pool is not None:
-        pools = sorted({pool for node in nodes for pool in node.pools})
-        if spec.pool not in pools:
-            raise InvalidInput(
-                "error.unknown_pool", field="pool", pool=spec.pool, pools=", ".join(pools) or "-"
-            )
-        nodes = [node for node in nodes if spec.pool in node.pools]
-    problem = check_feasible(request_of(spec), nodes)
-    if problem is not None:
-        code, params = problem
-        raise InvalidInput(f"infeasible.{code}", field="resources", **params)
+    check_runnable(spec, nodes)
     job = Job(
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
         user_id=actor.account.id,

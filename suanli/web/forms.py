@@ -92,7 +92,7 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
     if values.get("mode") == "yaml":
         return _yaml_spec(values.get("yaml", ""))
     spec: dict[str, Any] = {"project": values.get("project", "")}
-    for name in ("name", "workdir", "priority", "max_duration"):
+    for name in ("name", "workdir", "launcher", "pool", "priority", "max_duration"):
         if value := optional(values, name):
             spec[name] = value
     if values.get("mode") == "script":
@@ -106,6 +106,8 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
     if env:
         spec["env"] = env
     resources: dict[str, Any] = {}
+    if nodes := optional(values, "resources.nodes"):
+        resources["nodes"] = number(nodes)
     gpu_kind = values.get("gpu_kind", "whole")
     if gpu_kind == "whole" and (gpus := optional(values, "resources.gpus")):
         resources["gpus"] = number(gpus)
@@ -165,7 +167,7 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 _Dumper.add_representer(str, _text)
 _SIZES = ("memory", "gpu_memory")
-_DEFAULTS = {"preemptible": True, "retries": 0}
+_DEFAULTS = {"preemptible": True, "retries": 0, "nodes": 1, "launcher": "none"}
 
 
 def _readable(value: Any) -> Any:
@@ -200,11 +202,14 @@ def form_of_spec(spec: Mapping[str, Any]) -> dict[str, str]:
         "project": spec.get("project", ""),
         "name": spec.get("name") or "",
         "workdir": spec.get("workdir") or "",
+        "launcher": spec.get("launcher") or "none",
+        "pool": spec.get("pool") or "",
         "priority": spec.get("priority", "normal"),
         "max_duration": str(spec.get("max_duration") or ""),
         "retries": str(spec.get("retries") or ""),
         "preemptible": "on" if spec.get("preemptible", True) else "",
         "env": "\n".join(f"{k}={v}" for k, v in (spec.get("env") or {}).items()),
+        "resources.nodes": str(resources.get("nodes", 1)),
         "resources.cpus": f"{resources.get('cpus', 1):g}",
         "resources.memory": size_text(resources.get("memory")),
     }

@@ -46,6 +46,22 @@ GPU_TONES = {
 }
 
 
+# A cluster engine's node states (Slurm: "idle", "mixed+drain", "down+not_responding"): the
+# state, then its flags. Draining is amber, down or not responding red; otherwise green while
+# the engine still gives the node new work, red when it does not.
+ENGINE_DOWN = {"down", "error", "fail", "not_responding"}
+ENGINE_DRAIN = {"drain", "draining", "drained"}
+
+
+def engine_tone(state: str, available: bool) -> str:
+    words = set(state.lower().split("+"))
+    if words & ENGINE_DOWN:
+        return "bad"
+    if words & ENGINE_DRAIN:
+        return "wait"
+    return "ok" if available else "bad"
+
+
 def format_gpus(value: float) -> str:
     """2.0 → "2", 0.25 → "0.25": whole GPUs read as whole numbers."""
     return f"{value:g}" if value != int(value) else str(int(value))
@@ -78,7 +94,11 @@ templates.env.filters.update(
     bytes=format_bytes, duration=format_duration, gpus=format_gpus, stamp=stamp
 )
 templates.env.globals.update(
-    STATE_TONES=STATE_TONES, GPU_TONES=GPU_TONES, LANGUAGES=LANGUAGES, version=__version__
+    STATE_TONES=STATE_TONES,
+    GPU_TONES=GPU_TONES,
+    LANGUAGES=LANGUAGES,
+    engine_tone=engine_tone,
+    version=__version__,
 )
 
 

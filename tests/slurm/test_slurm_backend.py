@@ -18,7 +18,10 @@ from typing import Any
 import pytest
 from slurmcluster import Cluster, running_cluster
 
+from suanli.backends.slurm.backend import slurm_environment
+from suanli.backends.slurm.client import RestClient, Tokens
 from suanli.client import ApiError, Client
+from suanli.config import SlurmSettings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -349,3 +352,52 @@ def test_a_failed_node_is_the_exit_reason_and_the_retry_runs(suanli) -> None:
     wait_for(lambda: admin.jobs.get(job_id).state == "running", 90, "the retry to run")
     admin.jobs.cancel(job_id)
     assert ended(admin, job_id).state == "cancelled"
+
+
+def test_slurmrestd_over_its_unix_socket_answers_the_same(cluster: Cluster) -> None:
+    env = slurm_environment(SlurmSettings(conf=cluster.info["SLURM_CONF"]))
+    over_socket = RestClient(cluster.info["SLURMRESTD_SOCKET"], Tokens(env), "root")
+    over_http = RestClient(cluster.info["SLURMRESTD_URL"], Tokens(env), "root")
+    assert [n["name"] for n in over_socket.nodes()] == ["node1", "node2"]
+    assert over_socket.nodes()[0]["gres"] == over_http.nodes()[0]["gres"] == "gpu:8"
+
+
+@pytest.fixture(scope="module")
+def suanli_on_commands(cluster: Cluster, launch_server) -> Iterator[Any]:
+    """A second server on the same cluster with no slurmrestd: sbatch, squeue, sinfo,
+    scancel."""
+    _unix_user(BOB)
+    base = Path(tempfile.mkdtemp(prefix="suanli-on-slurm-cli-", dir="/tmp"))
+    base.chmod(0o755)
+    env = {
+        "SUANLI_BACKEND": "slurm",
+        "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
+        "SUANLI_UNIX_USERS": json.dumps({"admin": BOB}),
+    }
+    server = launch_server(base, env)
+    (base / "data").chmod(0o755)
+    try:
+        admin = server.login()
+        admin.projects.create("hpc")
+        yield admin
+    finally:
+        server.stop()
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_the_command_line_tools_run_and_cancel_jobs(suanli_on_commands, cluster) -> None:
+    admin = suanli_on_commands
+    assert sorted(n.name for n in admin.nodes.list()) == ["node1", "node2"]
+    job_id = submit(
+        admin,
+        ["bash", "-c", 'echo "user=$(id -un) gpus=$CUDA_VISIBLE_DEVICES"'],
+        resources={"gpus": 2},
+    )
+    job = ended(admin, job_id)
+    assert job.state == "succeeded", (job.exit, log_of(admin, job_id))
+    assert f"user={BOB} gpus=" in log_of(admin, job_id)
+    sleeper = submit(admin, ["sleep", "300"])
+    wait_for(lambda: admin.jobs.get(sleeper).state == "running", what="the sleeper to run")
+    admin.jobs.cancel(sleeper)
+    assert ended(admin, sleeper).state == "cancelled"
+    assert slurm_job_of(cluster, sleeper)["user_name"] == BOB

@@ -300,3 +300,89 @@ def test_job_lists_page_through_more_than_a_hundred(console, admin_api: Client) 
     assert [j.id for j in admin_api.jobs.list(project=project, before_id=ids[3])] == ids[2::-1]
     for job_id in ids:
         admin_api.jobs.cancel(job_id)
+
+
+def job_form(project: str, **changes: str) -> dict[str, str]:
+    """The submit form as a browser posts it, with `changes` on top."""
+    return {
+        "project": project,
+        "mode": "command",
+        "command": "true",
+        "gpu_kind": "none",
+        "resources.nodes": "1",
+        "resources.cpus": "1",
+        "resources.memory": "1Gi",
+        "launcher": "none",
+        "pool": "",
+        "priority": "normal",
+        "preemptible": "on",
+        **changes,
+    }
+
+
+def test_the_submit_form_asks_for_nodes_a_launcher_and_a_pool(alice: Browser, people) -> None:
+    form = alice.page("/jobs/new")
+    assert re.search(r'name="resources.nodes" value="1"', form)
+    launchers = re.search(r'<select name="launcher"[^>]*>(.*?)</select>', form, re.S).group(1)
+    assert re.findall(r'<option value="([^"]*)"', launchers) == [
+        "none",
+        "torchrun",
+        "deepspeed",
+        "mpirun",
+    ]
+    assert re.search(r'<option value="none" selected>', launchers)
+    assert "what one process runs" in form
+    # This server has no pools: only the default to choose.
+    pools = re.search(r'<select name="pool"[^>]*>(.*?)</select>', form, re.S).group(1)
+    assert re.findall(r'<option value="([^"]*)"', pools) == [""]
+
+
+def test_two_nodes_are_refused_on_one_server_and_nothing_typed_is_lost(
+    alice: Browser, people
+) -> None:
+    alice.page("/jobs/new")
+    values = job_form(people["mine"], **{"resources.nodes": "2", "launcher": "torchrun"})
+    refused = alice.post("/jobs/new", values)
+    assert refused.status_code == 422
+    message = re.search(r'id="err-resources">([^<]+)<', refused.text).group(1)
+    assert message == "2 nodes were asked for, but only 1 fit the request."
+    assert 'name="resources.nodes" value="2"' in refused.text
+    assert '<option value="torchrun" selected>' in refused.text
+    # The check as you type says the same before any submit; the schema's own rule on the
+    # field itself shows next to it.
+    checked = alice.post("/jobs/check", values)
+    assert "only 1 fit the request" in checked.text
+    zero = alice.post("/jobs/new", job_form(people["mine"], **{"resources.nodes": "0"}))
+    assert zero.status_code == 422
+    assert re.search(r'id="err-resources-nodes">[^<]*1', zero.text)
+    bogus = alice.post("/jobs/new", job_form(people["mine"], launcher="slurm-magic"))
+    assert bogus.status_code == 422 and re.search(r'id="err-launcher">[^<]+torchrun', bogus.text)
+
+
+def test_a_launcher_round_trips_through_yaml_and_edit_and_submit_again(
+    alice: Browser, people, admin_api: Client
+) -> None:
+    project = unique("torch")  # a project of its own: the other tests count alice's jobs
+    admin_api.projects.create(project, owner=people["alice"])
+    alice.page(f"/jobs/new?project={project}")
+    values = job_form(project, launcher="torchrun", name=unique("torch"))
+    checked = alice.post("/jobs/check", values).text
+    preview = re.search(r'data-test="yaml-preview">([^<]+)<', checked).group(1)
+    assert "launcher: torchrun" in preview
+    assert "nodes:" not in preview  # the default, left out as the CLI would
+    submitted = alice.post("/jobs/new", values)
+    assert submitted.status_code == 303, submitted.text[:2000]
+    path = submitted.headers["location"]
+    detail = alice.page(path)
+    assert re.search(r'data-test="launcher">torchrun<', detail)
+    assert re.search(r'data-test="nodes">1<', detail)
+    again = alice.page(f"/jobs/new?like={path.rsplit('/', 1)[1]}")
+    assert '<option value="torchrun" selected>' in again
+    assert 'name="resources.nodes" value="1"' in again
+    assert "launcher: torchrun" in re.search(r'data-test="yaml-preview">([^<]+)<', again).group(1)
+
+
+def test_a_local_node_shows_no_cluster_engine_state(alice: Browser) -> None:
+    text = alice.page("/nodes")
+    assert "data-node=" in text
+    assert 'data-test="engine-state"' not in text and 'data-test="pools"' not in text

@@ -252,7 +252,8 @@ def status_of(
         # "requeue": false). This attempt ended; a retry is Suanli's, as a new job.
         return Status(running=False, exit=ExitStatus("node_failed", detail="Slurm requeued it"))
     if state in QUEUED_STATES:
-        return Status(running=True, queued=str(job.get("state_reason") or state))
+        reason = str(job.get("state_reason") or "None")
+        return Status(running=True, queued=state if reason == "None" else reason)
     started = _time(job.get("start_time"))
     if state in RUNNING_STATES:
         return Status(running=True, placement=placement_of(job), started_at=started)

@@ -4,7 +4,7 @@ its live log, cancel and resubmit."""
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, get_args
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request
@@ -15,13 +15,12 @@ from sqlalchemy.orm import Session
 from suanli.api.deps import SessionDep, SettingsDep, get_database
 from suanli.api.outputs import event_text, job_out
 from suanli.controllers.workloads import log_path
-from suanli.core.errors import SuanliError
+from suanli.core.errors import InvalidInput, SuanliError
 from suanli.core.roles import ProjectRole
 from suanli.core.states import State
 from suanli.db.models import Job
 from suanli.i18n import translate
-from suanli.scheduler import check_feasible
-from suanli.schemas.jobs import JobListQuery, JobSpec
+from suanli.schemas.jobs import JobListQuery, JobSpec, Launcher
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs, nodes, projects
 from suanli.web import forms, render, session
@@ -30,6 +29,7 @@ from suanli.web.session import Viewer
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
 JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
+LAUNCHERS = get_args(Launcher)
 STATES = ("active", "pending", "running", "succeeded", "failed", "cancelled", "finished")
 LOG_POLL_SECONDS = 0.5
 LOG_CHUNK = 256 * 1024
@@ -71,7 +71,8 @@ def _submit_page(
     errors: forms.Errors,
     status: int = 200,
 ) -> Response:
-    gpu_models = sorted({gpu.model for node in nodes.list_nodes(db) for gpu in node.gpus})
+    known = nodes.list_nodes(db)
+    gpu_models = sorted({gpu.model for node in known for gpu in node.gpus})
     return render.page(
         request,
         "job_new.html",
@@ -81,6 +82,8 @@ def _submit_page(
         errors=errors,
         preview=_preview(values),
         gpu_models=gpu_models,
+        pools=sorted({pool for node in known for pool in node.pools}),
+        launchers=LAUNCHERS,
         projects=[
             v
             for v in projects.list_projects(db, viewer.actor)
@@ -107,6 +110,8 @@ def new_job(
         "gpu_kind": "whole",
         "priority": "normal",
         "preemptible": "on",
+        "launcher": "none",
+        "resources.nodes": "1",
         "resources.gpus": "1",
         "resources.cpus": "1",
         "resources.memory": "4Gi",
@@ -118,7 +123,7 @@ def new_job(
 
 def _check(request: Request, values: dict[str, str]) -> tuple[JobSpec | None, forms.Errors]:
     """The form as a spec, or what is wrong with it: the schema's rules, then whether any node
-    could ever run it."""
+    (of the pool asked for) could ever run it, as the submit itself checks."""
     language = request.state.language
     try:
         spec = JobSpec.model_validate(forms.job_spec(values))
@@ -127,10 +132,11 @@ def _check(request: Request, values: dict[str, str]) -> tuple[JobSpec | None, fo
     except ValidationError as error:
         return None, forms.errors_of(error, language)
     with get_database(request).reading() as reading:
-        problem = check_feasible(jobs.request_of(spec), nodes.scheduler_nodes(reading))
-    if problem is not None:
-        code, params = problem
-        return spec, {"resources": translate(f"infeasible.{code}", language, **params)}
+        inventory = nodes.scheduler_nodes(reading)
+    try:
+        jobs.check_runnable(spec, inventory)
+    except InvalidInput as error:
+        return spec, {error.field or "resources": translate(error.key, language, **error.params)}
     return spec, {}
 
 
@@ -178,6 +184,9 @@ def show_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep)
         "job.html",
         nav="jobs",
         job=job_out(job, language),
+        nodes_count=(job.spec.get("resources") or {}).get("nodes", 1),
+        launcher=job.spec.get("launcher") or "none",
+        pool=job.spec.get("pool") or "",
         spec_yaml=forms.spec_yaml(job.spec),
         history=[(event, event_text(event, language)) for event in job.events],
         active=not State(job.state).terminal,
