@@ -21,16 +21,16 @@ import pwd
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from submit_latency import PASSWORD, start_server
+
 from suanli.client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSWORD = "bench-password-1"
 USER = "suanli-bench"
 # Both paths ask for the same: 1 CPU, 1 GiB, no GPU.
 SMALL = {"resources": {"cpus": 1, "memory": "1Gi"}}
@@ -50,30 +50,17 @@ def cluster_up(directory: Path) -> dict[str, str]:
 
 
 def server_up(base: Path, info: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    env = {
-        **os.environ,
-        "SUANLI_ADMIN_PASSWORD": PASSWORD,
-        "SUANLI_LOG_LEVEL": "warning",
-        "SUANLI_BACKEND": "slurm",
-        "SUANLI_SLURM__REST_URL": info["SLURMRESTD_URL"],
-        "SUANLI_SLURM__CONF": info["SLURM_CONF"],
-        "SUANLI_UNIX_USERS": json.dumps({"admin": USER}),
-        "PYTHONUNBUFFERED": "1",
-    }
-    data = base / "data"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "suanli", "server", "--port", "0", "--data-dir", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    process, url = start_server(
+        base / "data",
+        {
+            "SUANLI_BACKEND": "slurm",
+            "SUANLI_SLURM__REST_URL": info["SLURMRESTD_URL"],
+            "SUANLI_SLURM__CONF": info["SLURM_CONF"],
+            "SUANLI_UNIX_USERS": json.dumps({"admin": USER}),
+        },
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "http://" in line:
-            data.chmod(0o755)
-            return process, "http://" + line.split("http://", 1)[1].split()[0]
-    raise RuntimeError("server did not start")
+    (base / "data").chmod(0o755)  # the jobs' users write their logs under it
+    return process, url
 
 
 def printed_time(path: Path, timeout: float = 60) -> float:

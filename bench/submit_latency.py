@@ -26,13 +26,19 @@ from suanli.client import Client
 PASSWORD = "bench-password-1"
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+EIGHT_A100S = {"SUANLI_SIMULATED_GPUS": json.dumps([{"count": 8, "model": "A100"}])}
+
+
+def start_server(
+    data_dir: Path, settings: dict[str, str] = EIGHT_A100S
+) -> tuple[subprocess.Popen[str], str]:
+    """`suanli server` on a free port with `settings` (SUANLI_* variables); its URL."""
     env = {
         **os.environ,
         "SUANLI_ADMIN_PASSWORD": PASSWORD,
         "SUANLI_LOG_LEVEL": "warning",
-        "SUANLI_SIMULATED_GPUS": json.dumps([{"count": 8, "model": "A100"}]),
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "suanli", "server", "--port", "0", "--data-dir", str(data_dir)],

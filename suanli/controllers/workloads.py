@@ -62,6 +62,7 @@ class WorkloadController:
         self.settings = settings
         self.database = database
         self.backend = backend
+        self.engine = backend.name.capitalize()  # as users read it: "Slurm"
         self.cycle_times = cycle_times
         self.usage: dict[str, float] = {}
         self._last_tick: float | None = None
@@ -80,23 +81,23 @@ class WorkloadController:
     def follow(self) -> None:
         with self.database.reading() as session:
             rows = session.execute(
-                select(Job.id, Job.handle, Job.state, Job.warnings).where(
-                    Job.state.in_([State.starting, State.running])
-                )
+                select(
+                    Job.id,
+                    Job.handle,
+                    Job.state,
+                    Job.warnings,
+                    Job.pending_code,
+                    Job.pending_params,
+                ).where(Job.state.in_([State.starting, State.running]))
             ).all()
         queued = False
-        for job_id, handle, state, warnings in rows:
-            status = self.backend.poll(handle) if handle else None
+        for row in rows:
+            status = self.backend.poll(row.handle) if row.handle else None
             queued = queued or bool(status and status.running and status.queued)
-            if (
-                status is not None
-                and status.running
-                and state == State.running
-                and list(status.warnings) == list(warnings or ())
-            ):
-                continue  # nothing changed: no write transaction
+            if status is not None and self._unchanged(row, status):
+                continue  # no write transaction for a job whose news is no news
             with self.database.writing() as session:
-                job = _load(session, job_id)
+                job = _load(session, row.id)
                 if job is None or job.state not in (State.starting, State.running):
                     continue
                 if status is None:
@@ -109,32 +110,45 @@ class WorkloadController:
                         ),
                     )
                 elif status.running:
-                    if list(status.warnings) != list(job.warnings):
-                        job.warnings = list(status.warnings)
+                    job.warnings = list(status.warnings)
                     if job.state == State.starting:
                         self._starting(job, status)
                 else:
-                    if status.placement and not job.placement:  # ended before we saw it run
-                        job.placement = status.placement
-                    if status.started_at and not job.started_at:
-                        job.started_at = datetime.fromtimestamp(status.started_at, UTC)
+                    self._take_engine_start(job, status)  # it may have ended unseen running
                     self._ended(job, status.exit or ExitStatus("lost", detail="no exit status"))
                 session.commit()
         self.interval = ENGINE_START_INTERVAL if queued else INTERVAL
 
+    def _unchanged(self, row: Any, status: Status) -> bool:
+        """Still running (or still queued for the same reason) with the same warnings."""
+        if not status.running or list(status.warnings) != list(row.warnings or ()):
+            return False
+        if row.state == State.running:
+            return True
+        return bool(status.queued) and (row.pending_code, row.pending_params) == (
+            ENGINE_QUEUED,
+            self._queued_params(status),
+        )
+
+    def _queued_params(self, status: Status) -> dict[str, str]:
+        return {"engine": self.engine, "reason": status.queued}
+
     def _starting(self, job: Job, status: Status) -> None:
         """A job in the engine's queue: show the engine's reason until it starts."""
         if status.queued:
-            params = {"engine": self.backend.name.capitalize(), "reason": status.queued}
-            if (job.pending_code, job.pending_params) != (ENGINE_QUEUED, params):
-                job.pending_code, job.pending_params = ENGINE_QUEUED, params
+            job.pending_code, job.pending_params = ENGINE_QUEUED, self._queued_params(status)
             return
         job.pending_code, job.pending_params = "", {}
-        if status.placement is not None:
-            job.placement = status.placement
-        if status.started_at is not None:
-            job.started_at = datetime.fromtimestamp(status.started_at, UTC)
+        self._take_engine_start(job, status)
         move(job, State.running, "event.started_on", **_placement_params(_placement(job.placement)))
+
+    @staticmethod
+    def _take_engine_start(job: Job, status: Status) -> None:
+        """Where and when the engine started it, as far as the engine says and we lack."""
+        if status.placement and not job.placement:
+            job.placement = status.placement
+        if status.started_at and not job.started_at:
+            job.started_at = datetime.fromtimestamp(status.started_at, UTC)
 
     def _ended(self, job: Job, exit: ExitStatus) -> None:
         job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
@@ -360,7 +374,7 @@ class WorkloadController:
                 job.handle = outcome
                 job.warnings = list(self.backend.warnings(outcome))
                 if self.backend.places_work:  # in the engine's queue: follow() sees it start
-                    note(job, "event.submitted_to_engine", engine=self.backend.name.capitalize())
+                    note(job, "event.submitted_to_engine", engine=self.engine)
                     self.interval = ENGINE_START_INTERVAL
                 else:
                     job.started_at = utcnow()
@@ -393,7 +407,7 @@ class WorkloadController:
             workdir=workdir,
             env={**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name},
             placement=placement,
-            limits=Limits(cpus=spec.resources.cpus, memory_bytes=spec.resources.memory),
+            limits=Limits(cpus=resources.cpus, memory_bytes=resources.memory),
             log_path=log_path(self.settings, job.id),
             state_dir=folder / f"attempt-{job.attempts}",
             run_as=self.settings.unix_users.get(job.user_name),

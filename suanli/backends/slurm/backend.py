@@ -114,8 +114,7 @@ class SlurmBackend:
         script = batch_script(spec, slurm_conf=self.slurm.conf or None)
         job = job_description(spec, partition=self.slurm.partition or None)
         job_id = self.client.submit(user, script, job)
-        with self._lock:
-            self._jobs = (0.0, self._jobs[1])  # the next poll asks Slurm again
+        self._ask_again()
         return {"slurm_job_id": job_id, "user": user, "max_duration": spec.max_duration}
 
     def poll(self, handle: Handle) -> Status:
@@ -161,6 +160,10 @@ class SlurmBackend:
             self.client.cancel(job_id)
         except SlurmError as error:  # already ended: nothing to do
             log.info("cancelling Slurm job %s: %s", job_id, error)
+        self._ask_again()
+
+    def _ask_again(self) -> None:
+        """Slurm's jobs changed by our hand: the next poll reads them afresh."""
         with self._lock:
             self._jobs = (0.0, self._jobs[1])
 
