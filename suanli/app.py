@@ -4,6 +4,7 @@
 `server` command calls it once before it starts serving.
 """
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,9 +13,22 @@ from fastapi import APIRouter, FastAPI
 
 from suanli import __version__
 from suanli.api import problems
-from suanli.api.routes import alerts, audit, auth, health, jobs, me, metrics, nodes, projects, users
+from suanli.api.routes import (
+    alerts,
+    audit,
+    auth,
+    devenvs,
+    health,
+    jobs,
+    me,
+    metrics,
+    nodes,
+    projects,
+    users,
+)
 from suanli.backends.base import Backend
 from suanli.config import Settings
+from suanli.controllers.devenvs import DevEnvController
 from suanli.controllers.inventory import InventoryController
 from suanli.controllers.loop import Loop
 from suanli.controllers.metrics import MetricsController
@@ -22,11 +36,14 @@ from suanli.controllers.notifier import NotifierController
 from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
+from suanli.devenvs import proxy
+from suanli.devenvs.gateway import Gateway
 from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
 from suanli.services import accounts
 from suanli.web import console, docs
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger("suanli")
 
 
 class Runtime:
@@ -34,6 +51,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, database: Database, backend: Backend):
         self.platform = PlatformMetrics()
+        # Dev environments on an engine's nodes are reached over the network (see agent).
+        self.on_engine = backend.places_work
         self.inventory = InventoryController(database, backend, settings.inventory_interval_seconds)
         self.metrics = MetricsController(settings, database, backend)
         workloads = WorkloadController(settings, database, backend, self.platform.scheduler_cycle)
@@ -42,6 +61,7 @@ class Runtime:
             Loop(workloads),
             Loop(self.metrics),
             Loop(NotifierController(settings, database)),
+            Loop(DevEnvController(settings, database, self.wake)),
         ]
 
     def start(self) -> None:
@@ -66,10 +86,23 @@ def create_app(
     database = database or Database(settings.effective_database_url)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = None
         if runtime is not None:
             runtime.start()
+            if settings.ssh_enabled:
+                gateway = Gateway(settings, database)
+                app.state.ssh_port = await gateway.start()
+                log.info(
+                    "SSH gateway: ssh <environment>@%s -p %s",
+                    settings.effective_ssh_host,
+                    app.state.ssh_port,
+                )
         yield
+        if gateway is not None:
+            await gateway.close()
+        if getattr(app.state, "proxy_client", None) is not None:
+            await app.state.proxy_client.aclose()
         if runtime is not None:
             runtime.stop()
         database.dispose()
@@ -87,11 +120,14 @@ def create_app(
     app.state.wake = runtime.wake if runtime is not None else lambda: None
     app.state.runtime = runtime
     app.state.platform = runtime.platform if runtime is not None else PlatformMetrics()
+    # The SSH gateway's port once it listens (None: no gateway, as in API-only tests).
+    app.state.ssh_port = None
+    app.state.on_engine = runtime.on_engine if runtime is not None else False
     app.add_middleware(RequestTiming)
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
-    for module in (auth, me, users, projects, audit, jobs, nodes, metrics, alerts):
+    for module in (auth, me, users, projects, audit, jobs, devenvs, nodes, metrics, alerts):
         api.include_router(module.router)
     api.include_router(health.router)
     app.include_router(api)
@@ -99,6 +135,7 @@ def create_app(
     app.include_router(metrics.exposition)
     problems.document(app)
     docs.install(app)
+    app.router.routes.extend(proxy.routes())
     console.install(app)
     return app
 

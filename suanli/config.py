@@ -6,6 +6,7 @@ The embedded default needs no settings at all: state lives in SQLite under the d
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -113,6 +114,22 @@ class Settings(BaseSettings):
     # day, as one-minute means for 30 days and hourly means for a year.
     metrics_interval_seconds: float = Field(10.0, ge=1, le=3600)
 
+    # Dev environments. The SSH gateway listens on ssh_port (0: a free port, printed at
+    # start); ssh_host is the name users' SSH clients use for this server (empty: the host
+    # of public_url).
+    ssh_enabled: bool = True
+    ssh_port: int = Field(2222, ge=0, le=65535)
+    ssh_host: str = ""
+    # An environment without kernel, terminal or SSH activity this long is stopped (0: never).
+    devenv_idle_timeout_seconds: int = Field(3600, ge=0, le=366 * 86400)
+    # How often dev environments are checked for activity (seconds).
+    devenv_check_interval_seconds: float = Field(30.0, ge=0.2, le=3600)
+    # Environments users may choose besides the server's own Python: name → prefix of a
+    # virtual or conda environment prepared by the administrator (with jupyterlab in it).
+    devenv_environments: dict[str, Path] = Field(default_factory=dict)
+    # code-server for VS Code in the browser; empty: found on PATH, else not offered.
+    code_server: str = ""
+
     log_level: str = "info"
 
     @classmethod
@@ -144,6 +161,10 @@ class Settings(BaseSettings):
         if value not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("must be one of critical, error, warning, info, debug")
         return value
+
+    @property
+    def effective_ssh_host(self) -> str:
+        return self.ssh_host or (urlsplit(self.effective_public_url).hostname or "127.0.0.1")
 
     @property
     def effective_database_url(self) -> str:

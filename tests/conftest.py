@@ -87,6 +87,7 @@ def start_server(
         "SUANLI_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SUANLI_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
+        "SUANLI_SSH_PORT": "0",  # every test server's SSH gateway on a free port of its own
         **(env or {}),
     }
     process = subprocess.Popen(

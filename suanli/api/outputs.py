@@ -1,8 +1,10 @@
 """Jobs as their readers see them: ORM rows to the transport schemas, messages in the reader's
 language. The API's routes and the console's pages both show jobs through these."""
 
+from suanli.config import Settings
 from suanli.db.models import Job, JobEvent
 from suanli.i18n import translate
+from suanli.schemas.devenvs import DevEnvDetailOut, DevEnvOut, SshAccessOut
 from suanli.schemas.jobs import (
     EventOut,
     ExitOut,
@@ -95,4 +97,59 @@ def detail_out(job: Job, language: str) -> JobDetailOut:
         history=[
             EventOut(at=e.at, state=e.state, detail=event_text(e, language)) for e in job.events
         ],
+    )
+
+
+def devenv_out(job: Job, language: str, settings: Settings, ssh_port: int | None) -> DevEnvOut:
+    """A dev environment, with the browser paths of its tools (the proxy's, and the
+    console's terminal page) and how to reach it over SSH."""
+    tools = list(job.spec.get("tools", []))
+    urls: dict[str, str] = {}
+    if job.state == "running":
+        paths = {
+            "jupyter": f"/x/{job.id}/jupyter/lab",
+            "vscode": f"/x/{job.id}/vscode/",
+            "terminal": f"/devenvs/{job.id}/terminal",
+        }
+        urls = {tool: paths[tool] for tool in tools if tool in paths}
+    ssh = None
+    if "ssh" in tools and ssh_port is not None:
+        ssh = ssh_access(job.name, settings.effective_ssh_host, ssh_port)
+    return DevEnvOut(
+        **job_out(job, language).model_dump(),
+        tools=tools,
+        environment=job.spec.get("environment"),
+        urls=urls,
+        ssh=ssh,
+        idle_timeout_seconds=job.spec.get("idle_timeout"),
+        max_duration_seconds=job.spec.get("max_duration"),
+    )
+
+
+def ssh_access(name: str, host: str, port: int) -> SshAccessOut:
+    """The command, and an entry for ~/.ssh/config (VS Code Remote-SSH and PyCharm read it):
+    `ssh suanli-<name>` then works, and so do scp, sftp and rsync."""
+    config = "\n".join(
+        [
+            f"Host suanli-{name}",
+            f"    HostName {host}",
+            f"    Port {port}",
+            f"    User {name}",
+            "    ServerAliveInterval 30",
+            "",
+        ]
+    )
+    return SshAccessOut(
+        host=host, port=port, user=name, command=f"ssh -p {port} {name}@{host}", config=config
+    )
+
+
+def devenv_detail_out(
+    job: Job, language: str, settings: Settings, ssh_port: int | None
+) -> DevEnvDetailOut:
+    detail = detail_out(job, language)
+    return DevEnvDetailOut(
+        **devenv_out(job, language, settings, ssh_port).model_dump(),
+        spec=detail.spec,
+        history=detail.history,
     )

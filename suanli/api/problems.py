@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from suanli.core.errors import RateLimited, SuanliError, Unauthenticated
+from suanli.core.errors import RateLimited, SuanliError, Unauthenticated, Unavailable
 from suanli.core.names import NAME_PATTERN
 from suanli.i18n import negotiate, translate
 from suanli.schemas.system import Problem
@@ -37,6 +37,7 @@ _STATUS_TYPES = {
     409: "conflict",
     422: "validation-error",
     429: "too-many-requests",
+    503: "unavailable",
 }
 
 
@@ -110,7 +111,7 @@ async def _on_suanli_error(request: Request, error: SuanliError) -> Response:
     language = language_of(request)
     detail = translate(error.key, language, **error.params)
     headers: dict[str, str] = {}
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"

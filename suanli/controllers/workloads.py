@@ -8,6 +8,11 @@ a second time.
 """
 
 import logging
+import os
+import pwd
+import secrets
+import shutil
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +26,15 @@ from suanli.config import Settings
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
 from suanli.db.models import Job, Project, utcnow
+from suanli.devenvs import endpoints, keys
+from suanli.devenvs.endpoints import AgentConfig
 from suanli.monitoring.prometheus import Histogram
 from suanli.scheduler import decayed_usage, gpu_charge, schedule
 from suanli.scheduler import model as sched
+from suanli.schemas.devenvs import DevEnvSpec
 from suanli.schemas.jobs import JobSpec
-from suanli.services.jobs import PRIORITIES, move, note, request_of
+from suanli.services import devenvs
+from suanli.services.jobs import PRIORITIES, job_dir, log_path, move, note, request_of
 from suanli.services.nodes import scheduler_nodes
 
 log = logging.getLogger("suanli.controllers.workloads")
@@ -38,14 +47,6 @@ ENGINE_START_INTERVAL = 0.5
 # A launched job still in its engine's queue: reason.engine_queued, with the engine's reason.
 ENGINE_QUEUED = "engine_queued"
 USAGE_HALF_LIFE = 7 * 86400.0
-
-
-def job_dir(settings: Settings, job_id: int) -> Path:
-    return settings.data_dir / "jobs" / str(job_id)
-
-
-def log_path(settings: Settings, job_id: int) -> Path:
-    return job_dir(settings, job_id) / "output.log"
 
 
 class WorkloadController:
@@ -159,6 +160,9 @@ class WorkloadController:
         if stop == "cancelled":
             move(job, State.cancelled, "event.cancelled")
             job.exit_reason = "cancelled"
+        elif stop == "idle":  # a dev environment nobody used (see DevEnvController)
+            move(job, State.cancelled, "event.stopped_idle")
+            job.exit_reason = "idle"
         elif exit.reason == "exit_code" and exit.exit_code == 0 and not stop:
             move(job, State.succeeded, "event.succeeded")
         elif job.attempts <= retries and exit.reason != "cancelled":
@@ -213,6 +217,7 @@ class WorkloadController:
             active = session.execute(
                 select(
                     Job.id,
+                    Job.kind,
                     Job.state,
                     Job.stop_reason,
                     Job.placement,
@@ -305,7 +310,7 @@ class WorkloadController:
         return admitted
 
     def _workload(self, row: Any) -> sched.Workload:
-        request, preemptible, max_duration = self._parsed(row.id, row.spec)
+        request, preemptible, max_duration = self._parsed(row.id, row.kind, row.spec)
         placement = None
         if row.placement and not self.backend.places_work:  # an engine's is for people only
             placement = _placement(row.placement)
@@ -323,11 +328,12 @@ class WorkloadController:
         )
 
     def _parsed(
-        self, job_id: int, spec: dict[str, Any]
+        self, job_id: int, kind: str, spec: dict[str, Any]
     ) -> tuple[sched.Request, bool, float | None]:
-        """A job's spec never changes: parse it once, not on every cycle."""
+        """A job's spec never changes while it is queued or runs: parse it once, not on every
+        cycle."""
         if job_id not in self._requests:
-            parsed = JobSpec.model_validate(spec)
+            parsed = parse_spec(kind, spec)
             self._requests[job_id] = (
                 request_of(parsed),
                 parsed.preemptible,
@@ -382,16 +388,24 @@ class WorkloadController:
             session.commit()
 
     def _launch_spec(self, job: Job) -> LaunchSpec:
-        spec = JobSpec.model_validate(job.spec)
+        spec = parse_spec(job.kind, job.spec)
         folder = job_dir(self.settings, job.id)
         folder.mkdir(parents=True, exist_ok=True)
-        if spec.script is not None:
-            script = folder / "script.sh"
-            script.write_text(spec.script, encoding="utf-8")
-            argv: tuple[str, ...] = ("/bin/bash", str(script))
+        run_as = self.settings.unix_users.get(job.user_name)
+        env = {**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name}
+        launcher = "none"
+        if isinstance(spec, DevEnvSpec):
+            workdir = Path(spec.workdir) if spec.workdir else self._home(run_as, folder)
+            argv = self._agent(job, spec, run_as, workdir, env)
         else:
-            argv = tuple(spec.command or ())
-        workdir = Path(spec.workdir) if spec.workdir else folder
+            if spec.script is not None:
+                script = folder / "script.sh"
+                script.write_text(spec.script, encoding="utf-8")
+                argv = ("/bin/bash", str(script))
+            else:
+                argv = tuple(spec.command or ())
+            workdir = Path(spec.workdir) if spec.workdir else folder
+            launcher = spec.launcher
         placement = _placement(job.placement)
         resources = spec.resources
         return LaunchSpec(
@@ -402,17 +416,65 @@ class WorkloadController:
             gpus=resources.gpus,
             gpu_model=resources.gpu_model,
             pool=spec.pool,
-            launcher=spec.launcher,
+            launcher=launcher,
             argv=argv,
             workdir=workdir,
-            env={**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name},
+            env=env,
             placement=placement,
             limits=Limits(cpus=resources.cpus, memory_bytes=resources.memory),
             log_path=log_path(self.settings, job.id),
             state_dir=folder / f"attempt-{job.attempts}",
-            run_as=self.settings.unix_users.get(job.user_name),
+            run_as=run_as,
             max_duration=spec.max_duration,
         )
+
+    def _agent(
+        self,
+        job: Job,
+        spec: DevEnvSpec,
+        run_as: str | None,
+        workdir: Path,
+        env: dict[str, str],
+    ) -> tuple[str, ...]:
+        """A dev environment's command: the agent, told by one variable what to start. Its
+        token is new at every start; the folder it reports to is its user's."""
+        job.secret = secrets.token_urlsafe(32)
+        where = devenvs.folder(self.settings, job.id)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / endpoints.ENDPOINTS_FILE).unlink(missing_ok=True)
+        if run_as and os.geteuid() == 0:
+            shutil.chown(where, run_as)
+        prefix = self.settings.devenv_environments.get(spec.environment or "")
+        python = str(prefix / "bin" / "python") if prefix else sys.executable
+        config = AgentConfig(
+            env_id=job.id,
+            folder=str(where),
+            tools=tuple(spec.tools),
+            token=job.secret,
+            gateway_key=keys.public_line(keys.client_key(self.settings.data_dir)),
+            # On a cluster node the server reaches the tools over the network (they ask for
+            # the token; code-server is not offered there); here, on loopback only.
+            bind="0.0.0.0" if self.backend.places_work else "127.0.0.1",  # noqa: S104
+            workdir=str(workdir),
+            python=python,
+            prefix=str(prefix or ""),
+            code_server=devenvs.code_server(self.settings),
+        )
+        env[endpoints.CONFIG_VARIABLE] = config.dumps()
+        env["PYTHONPATH"] = endpoints.with_source(env.get("PYTHONPATH", ""))
+        return (sys.executable, "-m", "suanli.devenvs.agent")
+
+    @staticmethod
+    def _home(run_as: str | None, folder: Path) -> Path:
+        """Where an environment without a working directory starts: its user's home."""
+        try:
+            return Path(pwd.getpwnam(run_as).pw_dir if run_as else Path.home())
+        except KeyError:
+            return folder
+
+
+def parse_spec(kind: str, data: dict[str, Any]) -> JobSpec | DevEnvSpec:
+    return DevEnvSpec.model_validate(data) if kind == devenvs.KIND else JobSpec.model_validate(data)
 
 
 def _load(session: Session, job_id: int) -> Job | None:

@@ -59,3 +59,12 @@ class RateLimited(SuanliError):
     def __init__(self, key: str | None = None, /, *, retry_after: int, **params: Any):
         self.retry_after = retry_after
         super().__init__(key, seconds=retry_after, **params)
+
+
+class Unavailable(SuanliError):
+    """Not ready yet (a dev environment's tool still starting): try again shortly."""
+
+    status = 503
+    type = "unavailable"
+    key = "error.unavailable"
+    retry_after = 2

@@ -69,6 +69,22 @@ class User(Base):
     )
 
 
+class SshKey(Base):
+    """An SSH public key a user uploaded: the SSH gateway lets its holder into the user's dev
+    environments. Fingerprints are unique: one key belongs to one user."""
+
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    algorithm: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(8192))  # the OpenSSH line, without comment
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)  # SHA256:...
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
 class ApiToken(Base):
     """A bearer token. Only its SHA-256 is stored; the token itself is shown once."""
 
@@ -101,6 +117,8 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Whether the project's owners may open (web and SSH) their members' dev environments.
+    owners_open_devenvs: Mapped[bool] = mapped_column(Boolean, default=False)
 
     memberships: Mapped[list["Membership"]] = relationship(
         back_populates="project", cascade="all, delete-orphan", passive_deletes=True
@@ -124,6 +142,8 @@ class ProjectQuota(Base):
     cpus: Mapped[float | None] = mapped_column(Float, default=None)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # How long a dev environment may run before it is stopped (seconds).
+    devenv_max_lifetime_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="quota")
@@ -238,7 +258,8 @@ class GpuDevice(Base):
 
 
 class Job(Base):
-    """A workload. `kind` is "job" for now; dev environments and services share the model."""
+    """A workload: `kind` "job" (runs to completion) or "devenv" (a dev environment: runs until
+    stopped, restarts in place). Services will share the model."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -279,6 +300,9 @@ class Job(Base):
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Energy of the job's GPUs (power integrated over its life; a fraction: its share).
     energy_wh: Mapped[float] = mapped_column(Float, default=0.0)
+    # A dev environment's token for its tools, new at every start; only the server's proxy
+    # and culler send it, and no API or page ever shows it.
+    secret: Mapped[str] = mapped_column(String(64), default="")
 
     project: Mapped[Project] = relationship()
     events: Mapped[list["JobEvent"]] = relationship(

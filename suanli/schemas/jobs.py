@@ -141,8 +141,8 @@ class JobSpec(RequestModel):
 
 
 class JobListQuery(RequestModel):
-    # Workload kinds share one table; dev environments and services join "job" later.
-    kind: Literal["job"] | None = None
+    # Workload kinds share one table; this lists jobs (dev environments: /devenvs).
+    kind: Literal["job"] = "job"
     project: Name | None = None
     user: Name | None = None
     state: (

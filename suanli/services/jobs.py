@@ -9,11 +9,12 @@ cancel it. Everyone else gets 404 for the project's jobs.
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from suanli.config import Settings
 from suanli.core.errors import Forbidden, InvalidInput, NotFound
 from suanli.core.roles import ProjectRole
 from suanli.core.states import ACTIVE, TERMINAL, State
@@ -26,6 +27,9 @@ from suanli.services.actor import Actor
 from suanli.services.common import commit
 from suanli.services.projects import access, writable
 
+if TYPE_CHECKING:
+    from suanli.schemas.devenvs import DevEnvSpec
+
 PRIORITIES = {
     "low": sched.Priority.low,
     "normal": sched.Priority.normal,
@@ -33,7 +37,16 @@ PRIORITIES = {
 }
 
 
-def request_of(spec: JobSpec) -> sched.Request:
+def job_dir(settings: Settings, job_id: int) -> Path:
+    """A workload's own directory: its scripts, its log, its backend's files."""
+    return settings.data_dir / "jobs" / str(job_id)
+
+
+def log_path(settings: Settings, job_id: int) -> Path:
+    return job_dir(settings, job_id) / "output.log"
+
+
+def request_of(spec: "JobSpec | DevEnvSpec") -> sched.Request:
     resources = spec.resources
     return sched.Request(
         gpus=resources.gpus,
@@ -46,7 +59,7 @@ def request_of(spec: JobSpec) -> sched.Request:
     )
 
 
-def check_runnable(spec: JobSpec, nodes: Sequence[sched.Node]) -> None:
+def check_runnable(spec: "JobSpec | DevEnvSpec", nodes: Sequence[sched.Node]) -> None:
     """Refuse a job that names no known pool, or that no node (of its pool) could ever run,
     rather than leave it pending forever."""
     if spec.pool is not None:
@@ -65,23 +78,28 @@ def check_runnable(spec: JobSpec, nodes: Sequence[sched.Node]) -> None:
 def submit(
     session: Session,
     actor: Actor,
-    spec: JobSpec,
+    spec: "JobSpec | DevEnvSpec",
     nodes: Sequence[sched.Node],
     unix_users: Mapping[str, str],
+    *,
+    kind: str = "job",
+    stored: dict[str, Any] | None = None,
 ) -> Job:
-    """Accept a job that some node could ever run; one that no node could run is refused
-    here rather than left pending forever. Requests above quota are accepted and pend."""
+    """Accept a workload that some node could ever run; one that no node could run is refused
+    here rather than left pending forever. Requests above quota are accepted and pend.
+    `stored`: the spec as it is to be kept, where the caller completed it."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
     check_runnable(spec, nodes)
     job = Job(
+        kind=kind,
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
         user_id=actor.account.id,
         user_name=actor.name,
         name=spec.name,
-        spec=spec.model_dump(mode="json"),
+        spec=stored or spec.model_dump(mode="json"),
         priority=spec.priority,
         gpus=float(spec.resources.gpus * spec.resources.nodes),
         state=State.pending,
@@ -92,8 +110,8 @@ def submit(
     audit.record(
         session,
         actor,
-        "job.submit",
-        target_type="job",
+        f"{kind}.submit",
+        target_type=kind,
         target=str(job.id),
         project=project,
         detail={"gpus": spec.resources.gpus},
@@ -102,7 +120,9 @@ def submit(
     return job
 
 
-def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[Job]:
+def list_jobs(
+    session: Session, actor: Actor, query: JobListQuery, kind: str = "job"
+) -> Sequence[Job]:
     """Newest first; only jobs of projects the caller belongs to (administrators: all)."""
     statement = (
         select(Job).options(selectinload(Job.project)).order_by(Job.id.desc()).limit(query.limit)
@@ -114,8 +134,7 @@ def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[J
         statement = statement.join(Project).where(Project.name == query.project)
     if query.user:
         statement = statement.where(Job.user_name == query.user)
-    if query.kind:
-        statement = statement.where(Job.kind == query.kind)
+    statement = statement.where(Job.kind == kind)
     if query.before_id:
         statement = statement.where(Job.id < query.before_id)
     if query.state == "active":
@@ -128,23 +147,28 @@ def list_jobs(session: Session, actor: Actor, query: JobListQuery) -> Sequence[J
 
 
 def get_job(
-    session: Session, actor: Actor, job_id: int, need: ProjectRole = ProjectRole.viewer
+    session: Session,
+    actor: Actor,
+    job_id: int,
+    need: ProjectRole = ProjectRole.viewer,
+    kind: str = "job",
 ) -> Job:
     job = session.get(Job, job_id, options=[selectinload(Job.project), selectinload(Job.events)])
-    if job is None:
-        raise NotFound("error.job_not_found", id=job_id)
+    missing = NotFound(f"error.{kind}_not_found", id=job_id)
+    if job is None or job.kind != kind:
+        raise missing
     try:
         access(session, actor, job.project.name, need)
     except NotFound:
-        raise NotFound("error.job_not_found", id=job_id) from None
+        raise missing from None
     return job
 
 
-def cancel(session: Session, actor: Actor, job_id: int) -> Job:
+def cancel(session: Session, actor: Actor, job_id: int, kind: str = "job") -> Job:
     """Pending jobs end at once; running ones are stopped by the controller (SIGTERM, grace,
     SIGKILL) and end as cancelled."""
-    job = get_job(session, actor, job_id)
-    _may_manage(session, actor, job)
+    job = get_job(session, actor, job_id, kind=kind)
+    may_manage(session, actor, job)
     if State(job.state).terminal or job.stop_reason == "cancelled":
         return job
     if job.state == State.pending:
@@ -154,7 +178,7 @@ def cancel(session: Session, actor: Actor, job_id: int) -> Job:
         job.stop_reason = "cancelled"
         note(job, "event.cancel_requested", user=actor.name)
     audit.record(
-        session, actor, "job.cancel", target_type="job", target=str(job.id), project=job.project
+        session, actor, f"{kind}.cancel", target_type=kind, target=str(job.id), project=job.project
     )
     commit(session, "error.conflict")
     return job
@@ -189,10 +213,11 @@ def read_log(
     offset: int,
     limit: int,
     tail: int | None,
+    kind: str = "job",
 ) -> LogChunk:
     """A piece of the job's output from `offset` (or its last `tail` lines), and whether the
     job has ended (so a follower knows when to stop)."""
-    job = get_job(session, actor, job_id)
+    job = get_job(session, actor, job_id, kind=kind)
     finished = State(job.state).terminal
     if not path.exists():
         return LogChunk("", offset, finished)
@@ -218,7 +243,7 @@ def note(job: Job, event: str, /, **params: Any) -> None:
     job.events.append(JobEvent(state=job.state, detail=event, params=params))
 
 
-def _may_manage(session: Session, actor: Actor, job: Job) -> None:
+def may_manage(session: Session, actor: Actor, job: Job) -> None:
     if actor.is_admin or job.user_id == actor.account.id:
         return
     _, role = access(session, actor, job.project.name)

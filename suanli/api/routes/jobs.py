@@ -7,7 +7,6 @@ from fastapi import APIRouter, Path, Query, Request
 from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
 from suanli.api.outputs import detail_out, job_out
 from suanli.api.problems import language_of
-from suanli.controllers.workloads import log_path
 from suanli.scheduler.model import Node
 from suanli.schemas.jobs import (
     JobDetailOut,
@@ -19,6 +18,7 @@ from suanli.schemas.jobs import (
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs
+from suanli.services.jobs import log_path
 from suanli.services.nodes import scheduler_nodes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

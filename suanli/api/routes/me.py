@@ -1,4 +1,4 @@
-"""The signed-in user: profile, password, API tokens."""
+"""The signed-in user: profile, password, API tokens, SSH keys."""
 
 from datetime import timedelta
 from typing import Annotated
@@ -15,9 +15,10 @@ from suanli.schemas.accounts import (
     TokenOut,
     UserOut,
 )
+from suanli.schemas.devenvs import SshKeyAdd, SshKeyOut
 from suanli.schemas.system import Problem
 from suanli.schemas.types import MAX_INT32
-from suanli.services import accounts, auth, tokens
+from suanli.services import accounts, auth, sshkeys, tokens
 from suanli.services.auth import LoginPolicy
 
 router = APIRouter(prefix="/me", tags=["me"])
@@ -74,3 +75,23 @@ def revoke_token(
     token_id: Annotated[int, Path(ge=1, le=MAX_INT32)], caller: CallerDep, session: SessionDep
 ) -> None:
     tokens.revoke(session, caller.actor, token_id)
+
+
+@router.get("/ssh-keys", response_model=list[SshKeyOut])
+def list_ssh_keys(caller: CallerDep, session: SessionDep) -> list[SshKeyOut]:
+    """Your SSH public keys: the gateway lets their holders into your dev environments."""
+    return [SshKeyOut.model_validate(k) for k in sshkeys.list_mine(session, caller.actor)]
+
+
+@router.post("/ssh-keys", response_model=SshKeyOut, status_code=201)
+def add_ssh_key(body: SshKeyAdd, caller: CallerDep, session: SessionDep) -> SshKeyOut:
+    """Add a public key (one line of `~/.ssh/id_ed25519.pub`). Private keys, unknown formats
+    and RSA keys under 2048 bits are refused (422); a key already added by anyone, 409."""
+    return SshKeyOut.model_validate(sshkeys.add(session, caller.actor, body.public_key, body.name))
+
+
+@router.delete("/ssh-keys/{key_id}", status_code=204)
+def remove_ssh_key(
+    key_id: Annotated[int, Path(ge=1, le=MAX_INT32)], caller: CallerDep, session: SessionDep
+) -> None:
+    sshkeys.remove(session, caller.actor, key_id)

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from suanli.api.deps import SessionDep, SettingsDep, get_database
 from suanli.api.outputs import event_text, job_out
-from suanli.controllers.workloads import log_path
 from suanli.core.errors import InvalidInput, SuanliError
 from suanli.core.roles import ProjectRole
 from suanli.core.states import State
@@ -23,6 +22,7 @@ from suanli.i18n import translate
 from suanli.schemas.jobs import JobListQuery, JobSpec, Launcher
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs, nodes, projects
+from suanli.services.jobs import log_path
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
 

@@ -1,0 +1,85 @@
+"""What the server tells the agent (its configuration) and what the agent tells the server
+(where its tools listen). Plain JSON on both sides: the agent imports no more than it must.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The agent reads its configuration from this variable and removes it from its environment
+# before it starts anything, so the users' shells never see the tools' token.
+CONFIG_VARIABLE = "SUANLI_DEVENV_CONFIG"
+ENDPOINTS_FILE = "endpoints.json"
+TOOLS = ("jupyter", "terminal", "vscode", "ssh")
+
+
+def source_root() -> str:
+    """Where this `suanli` is imported from: the agent must import the server's own code,
+    also when the server runs from a source tree."""
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+def with_source(pythonpath: str) -> str:
+    paths = [p for p in pythonpath.split(os.pathsep) if p and p != source_root()]
+    return os.pathsep.join([source_root(), *paths])
+
+
+def without_source(pythonpath: str) -> str:
+    return os.pathsep.join(p for p in pythonpath.split(os.pathsep) if p and p != source_root())
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    env_id: int
+    folder: str  # the environment's directory: the agent writes endpoints.json here
+    tools: tuple[str, ...]
+    token: str  # every tool's HTTP side asks for it; only the server's proxy sends it
+    gateway_key: str  # the SSH gateway's public key: the only key the agent's sshd accepts
+    bind: str  # 127.0.0.1 when the server runs on the same host; 0.0.0.0 on a cluster node
+    workdir: str
+    python: str  # the interpreter of the environment (JupyterLab and its kernels)
+    prefix: str = ""  # a virtual or conda environment's prefix, put first on PATH
+    code_server: str = ""  # the code-server executable, when the host has one
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str) -> "AgentConfig":
+        data = json.loads(text)
+        data["tools"] = tuple(data["tools"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str  # where the server reaches the tools
+    ports: dict[str, int] = field(default_factory=dict)  # tool → port
+    ssh_host_key: str = ""  # the agent's sshd host key (OpenSSH public key line)
+    pid: int = 0
+
+    def url(self, tool: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.ports[tool]}"
+
+
+def write(folder: Path, endpoints: Endpoints) -> None:
+    """Atomically: a reader sees the whole file or none."""
+    temporary = folder / f".{ENDPOINTS_FILE}.{os.getpid()}"
+    temporary.write_text(json.dumps(asdict(endpoints)), encoding="utf-8")
+    temporary.replace(folder / ENDPOINTS_FILE)
+
+
+def read(folder: Path) -> Endpoints | None:
+    try:
+        data: dict[str, Any] = json.loads((folder / ENDPOINTS_FILE).read_text(encoding="utf-8"))
+        return Endpoints(
+            host=str(data["host"]),
+            ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
+            ssh_host_key=str(data.get("ssh_host_key", "")),
+            pid=int(data.get("pid", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
