@@ -6,8 +6,10 @@ from typing import Annotated
 from pydantic import Field
 
 from suanli.core.roles import ProjectRole
+from suanli.schemas.jobs import Duration
 from suanli.schemas.types import (
     MAX_BYTES,
+    Flag,
     Name,
     RequestModel,
     ResponseModel,
@@ -35,6 +37,8 @@ class QuotaOut(ResponseModel):
     cpus: float | None
     memory_bytes: int | None
     storage_bytes: int | None
+    # How long a dev environment of the project may run (seconds).
+    devenv_max_lifetime_seconds: int | None = None
     updated_at: datetime
 
 
@@ -47,6 +51,7 @@ class QuotaUpdate(RequestModel):
     cpus: Cpus | None = None
     memory_bytes: Bytes | None = None
     storage_bytes: Bytes | None = None
+    devenv_max_lifetime_seconds: Duration | None = None
 
 
 class ProjectCreate(RequestModel):
@@ -61,6 +66,8 @@ class ProjectUpdate(RequestModel):
     name: Name | None = None
     display_name: ShortText | None = None
     description: Description | None = None
+    # Whether the project's owners may open their members' dev environments (web and SSH).
+    owners_open_devenvs: Flag | None = None
 
 
 class ProjectOut(ResponseModel):
@@ -71,6 +78,7 @@ class ProjectOut(ResponseModel):
     archived_at: datetime | None
     my_role: ProjectRole | None
     member_count: int
+    owners_open_devenvs: bool = False
     quota: QuotaOut
 
 

@@ -28,6 +28,7 @@ QUOTA_FIELDS = (
     "cpus",
     "memory_bytes",
     "storage_bytes",
+    "devenv_max_lifetime_seconds",
 )
 
 
@@ -137,6 +138,7 @@ def update_project(
     new_name: str | None = None,
     display_name: str | None = None,
     description: str | None = None,
+    owners_open_devenvs: bool | None = None,
 ) -> ProjectView:
     project, role = access(session, actor, name, ProjectRole.owner)
     writable(project)
@@ -146,7 +148,11 @@ def update_project(
             raise Conflict("error.project_exists", name=new_name)
         diff["name"] = [project.name, new_name]
         project.name = new_name
-    for attr, value in (("display_name", display_name), ("description", description)):
+    for attr, value in (
+        ("display_name", display_name),
+        ("description", description),
+        ("owners_open_devenvs", owners_open_devenvs),
+    ):
         if value is not None and value != getattr(project, attr):
             diff[attr] = [getattr(project, attr), value]
             setattr(project, attr, value)

@@ -37,6 +37,7 @@ def _project_out(view: ProjectView) -> ProjectOut:
         archived_at=project.archived_at,
         my_role=view.my_role,
         member_count=view.member_count,
+        owners_open_devenvs=project.owners_open_devenvs,
         quota=QuotaOut.model_validate(project.quota),
     )
 
@@ -92,6 +93,7 @@ def update_project(
         new_name=body.name,
         display_name=body.display_name,
         description=body.description,
+        owners_open_devenvs=body.owners_open_devenvs,
     )
     return _project_out(view)
 
