@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from suanli.schemas.jobs import Duration, EnvName, EventOut, JobOut, Priority, Resources
@@ -41,13 +41,19 @@ class DevEnvSpec(RequestModel):
     # Stopped after this long in any case; at most the project's maximum lifetime.
     max_duration: Duration | None = None
 
-    @model_validator(mode="after")
-    def _one_node_distinct_tools(self) -> "DevEnvSpec":
-        if self.resources.nodes != 1:
+    @field_validator("resources")
+    @classmethod
+    def _one_node(cls, resources: Resources) -> Resources:
+        if resources.nodes != 1:
             raise PydanticCustomError("devenv_nodes", "a dev environment runs on one node")
-        if len(set(self.tools)) != len(self.tools):
+        return resources
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct(cls, tools: list[Tool]) -> list[Tool]:
+        if len(set(tools)) != len(tools):
             raise PydanticCustomError("devenv_tools", "name each tool once")
-        return self
+        return tools
 
 
 class DevEnvListQuery(RequestModel):
