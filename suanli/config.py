@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     devenv_environments: dict[str, Path] = Field(default_factory=dict)
     # code-server for VS Code in the browser; empty: found on PATH, else not offered.
     code_server: str = ""
+    # The Python that runs environments' agents (and JupyterLab, unless an environment names
+    # its own): it must import suanli and be executable by the environments' Unix users on
+    # every node. Empty: the server's own interpreter.
+    devenv_agent_python: str = ""
 
     log_level: str = "info"
 

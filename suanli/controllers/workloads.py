@@ -445,7 +445,8 @@ class WorkloadController:
         if run_as and os.geteuid() == 0:
             shutil.chown(where, run_as)
         prefix = self.settings.devenv_environments.get(spec.environment or "")
-        python = str(prefix / "bin" / "python") if prefix else sys.executable
+        agent_python = self.settings.devenv_agent_python or sys.executable
+        python = str(prefix / "bin" / "python") if prefix else agent_python
         config = AgentConfig(
             env_id=job.id,
             folder=str(where),
@@ -462,7 +463,7 @@ class WorkloadController:
         )
         env[endpoints.CONFIG_VARIABLE] = config.dumps()
         env["PYTHONPATH"] = endpoints.with_source(env.get("PYTHONPATH", ""))
-        return (sys.executable, "-m", "suanli.devenvs.agent")
+        return (agent_python, "-m", "suanli.devenvs.agent")
 
     @staticmethod
     def _home(run_as: str | None, folder: Path) -> Path:

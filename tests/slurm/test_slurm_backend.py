@@ -82,6 +82,7 @@ def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
         "SUANLI_UNIX_USERS": json.dumps({"admin": ALICE, "bobby": BOB, "rooty": "root"}),
         "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
         "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+        "SUANLI_DEVENV_AGENT_PYTHON": agent_python(),
     }
     server = launch_server(base, env)
     (base / "data").chmod(0o755)
@@ -92,6 +93,40 @@ def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
     finally:
         server.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+AGENT_VENV = Path("/tmp/suanli-agent-venv")  # noqa: S108 - kept between runs on purpose
+
+
+def agent_python() -> str:
+    """A Python the jobs' users can run on the nodes, importing this suanli: Debian's, in a
+    virtual environment under /tmp with the agent's two packages and a copy of the code (the
+    checkout may sit where other users cannot read, as under /root)."""
+    python = AGENT_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(AGENT_VENV)], check=True)
+        constraints = Path(__file__).resolve().parents[2] / "constraints.txt"
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-c",
+                str(constraints),
+                "asyncssh",
+                "websockets",
+            ],
+            check=True,
+        )
+    site = next((AGENT_VENV / "lib").glob("python3*/site-packages"))
+    subprocess.run(["rm", "-rf", str(site / "suanli")], check=True)
+    source = Path(__file__).resolve().parents[2] / "suanli"
+    subprocess.run(["cp", "-r", str(source), str(site / "suanli")], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(AGENT_VENV)], check=True)
+    return str(python)
 
 
 def slurm_jobs(cluster: Cluster) -> list[dict[str, Any]]:
@@ -403,3 +438,76 @@ def test_the_command_line_tools_run_and_cancel_jobs(suanli_on_commands, cluster)
     # Job ids of this second server start at 1 again: its jobs are the ones of BOB.
     mine = [j for j in slurm_jobs(cluster) if j["comment"] == f"suanli job {sleeper}"]
     assert [j["user_name"] for j in mine if j["user_name"] == BOB] == [BOB]
+
+
+def test_a_dev_environment_runs_as_a_slurm_job_and_is_reached_on_its_node(suanli) -> None:
+    """The proxy and the gateway reach the agent on the node Slurm chose (as Open OnDemand
+    does): a terminal through the proxy and SSH through the gateway, as the mapped user."""
+    import asyncio
+
+    import asyncssh
+    from websockets.asyncio.client import connect
+
+    server, admin, cluster = suanli
+    workdir = Path(tempfile.mkdtemp(prefix="suanli-devenv-", dir="/tmp"))
+    os.chown(workdir, pwd.getpwnam(ALICE).pw_uid, -1)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    admin.request("POST", "me/ssh-keys", json={"public_key": key.export_public_key().decode()})
+    spec = {
+        "project": "hpc",
+        "name": "on-slurm",
+        "tools": ["terminal", "ssh"],
+        "resources": {"gpus": 1},
+        "workdir": str(workdir),
+    }
+    env = admin.request("POST", "devenvs", json=spec)
+    running = wait_for(
+        lambda: (e := admin.request("GET", f"devenvs/{env['id']}"))["state"] == "running" and e,
+        60,
+        "the environment to run on Slurm",
+    )
+    slurm_job = slurm_job_of(cluster, env["id"])
+    assert running["placement"]["node"] == slurm_job["nodes"]
+    headers = {"Authorization": f"Bearer {admin.token}"}
+    url = server.url.replace("http://", "ws://") + f"/x/{env['id']}/terminal/ws"
+
+    async def terminal() -> str:
+        async with connect(url, additional_headers=headers) as socket:
+            await socket.send(json.dumps(["stdin", "echo user=$(whoami) job=$SLURM_JOB_ID\r"]))
+            seen = ""
+            while f"user={ALICE} job=" not in seen:  # the answer, not the echoed command
+                seen += json.loads(await asyncio.wait_for(socket.recv(), 10))[1]
+            return seen
+
+    seen = wait_for(lambda: _try(lambda: asyncio.run(terminal())), 60, "the terminal")
+    assert f"user={ALICE} job={slurm_job['job_id']}" in seen
+
+    async def ssh() -> Any:
+        async with asyncssh.connect(
+            running["ssh"]["host"],
+            running["ssh"]["port"],
+            username="on-slurm",
+            client_keys=[key],
+            known_hosts=None,
+            agent_path=None,
+            config=(),
+        ) as conn:
+            return await conn.run("whoami; pwd; echo $SLURM_JOB_ID")
+
+    result = asyncio.run(ssh())
+    assert result.stdout.split() == [ALICE, str(workdir), str(slurm_job["job_id"])]
+    admin.request("POST", f"devenvs/{env['id']}/stop")
+    stopped = wait_for(
+        lambda: (e := admin.request("GET", f"devenvs/{env['id']}"))["state"] == "cancelled" and e,
+        60,
+        "the environment to stop",
+    )
+    assert stopped["exit"]["reason"] == "cancelled"
+
+
+def _try(action: Callable[[], Any]) -> Any:
+    """The action's result, or None while it fails (a tool still starting)."""
+    try:
+        return action()
+    except Exception:  # any failure here means "not yet"
+        return None
