@@ -227,24 +227,24 @@ class Agent:
             _signal_group(child, signal.SIGKILL)  # its pty host outlives a plain SIGTERM
 
     # The HTTP side: /activity, and the terminal's websocket at /ws.
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"token {self.config.token}".encode()):
             return connection.respond(HTTPStatus.FORBIDDEN, "forbidden\n")
         path = urlsplit(request.path).path
         if path == "/activity":
-            body = json.dumps(self._activity()).encode()
+            body = json.dumps(await self._activity()).encode()
             return Response(200, "OK", Headers([("Content-Type", "application/json")]), body)
         if path == "/ws" and "terminal" in self.config.tools:
             return None
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
-    def _activity(self) -> dict[str, Any]:
+    async def _activity(self) -> dict[str, Any]:
         """The last use of any tool: terminals and SSH sessions (open ones count as in use
         now), JupyterLab's own last activity, and a kernel still busy computing."""
         last, busy = self.activity.last, self.activity.open > 0
         if "jupyter" in self.ports:
-            jupyter_last, kernel_busy = self._jupyter_activity()
+            jupyter_last, kernel_busy = await asyncio.to_thread(self._jupyter_activity)
             last, busy = max(last, jupyter_last), busy or kernel_busy
         return {"last_activity": time.time() if busy else last, "in_use": busy}
 

@@ -22,6 +22,7 @@ import asyncssh
 from suanli.config import Settings
 from suanli.db.engine import Database
 from suanli.devenvs import keys
+from suanli.i18n import DEFAULT_LANGUAGE, translate
 from suanli.services import devenvs, sshkeys
 from suanli.services.devenvs import Entry
 
@@ -54,12 +55,20 @@ class Gateway:
             self.server.close()
             await self.server.wait_closed()
 
-    def lookup(self, login: str, key: asyncssh.SSHKey) -> Entry | None:
+    def lookup(self, login: str, key: asyncssh.SSHKey) -> tuple[Entry | None, str]:
+        """The environment the login names, if the key's owner may enter it; else why not,
+        in the owner's language (empty for a key nobody registered: say nothing)."""
         with self.database.writing() as session:
             user = sshkeys.owner_of(session, key)
             if user is None:
-                return None
-            return devenvs.ssh_entry(session, user, login, self.settings)
+                return None, ""
+            entry = devenvs.ssh_entry(session, user, login, self.settings)
+            why = (
+                ""
+                if entry
+                else translate("ssh.no_environment", user.language or DEFAULT_LANGUAGE, login=login)
+            )
+            return entry, why
 
 
 class _Connection(asyncssh.SSHServer):
@@ -89,9 +98,11 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        entry = await asyncio.to_thread(self.gateway.lookup, username, key)
+        entry, why = await asyncio.to_thread(self.gateway.lookup, username, key)
         if entry is None:
             log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), username)
+            if why and self.conn is not None:
+                self.conn.send_auth_banner(why + "\r\n")
             return False
         self.entry = entry
         return True
