@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -11,6 +11,13 @@ from pydantic import TypeAdapter
 
 from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
+from suanli.schemas.devenvs import (
+    DevEnvDetailOut,
+    DevEnvListQuery,
+    DevEnvOut,
+    DevEnvSpec,
+    SshKeyOut,
+)
 from suanli.schemas.jobs import JobDetailOut, JobListQuery, JobOut, JobSpec
 from suanli.schemas.metrics import AlertEventOut, MetricQuery, QueryOut, RuleOut
 from suanli.schemas.nodes import GpuOut, NodeOut
@@ -62,6 +69,8 @@ class Client:
         self.nodes = Nodes(self)
         self.metrics = Metrics(self)
         self.alerts = Alerts(self)
+        self.devenvs = DevEnvs(self)
+        self.ssh_keys = SshKeys(self)
 
     def __enter__(self) -> Client:
         return self
@@ -322,15 +331,68 @@ class Jobs(_Group):
         self, job_id: int, *, tail: int | None = None, poll_seconds: float = 0.5
     ) -> Iterator[str]:
         """Yield the job's output as it arrives, until the job has ended."""
-        chunk = self.logs(job_id, tail=tail)
-        while True:
-            if chunk.text:
-                yield chunk.text
-            if chunk.finished and not chunk.text:
-                return
-            if not chunk.text:
-                time.sleep(poll_seconds)
-            chunk = self.logs(job_id, offset=chunk.next_offset)
+        return _follow(self.logs, job_id, tail, poll_seconds)
+
+
+class DevEnvs(_Group):
+    """Dev environments: JupyterLab, a web terminal, VS Code and SSH on the shared GPUs."""
+
+    def create(self, spec: DevEnvSpec | dict[str, Any]) -> DevEnvDetailOut:
+        """Create one from a spec (the same schema as a YAML environment file)."""
+        body = (
+            spec.model_dump(mode="json", exclude_none=True)
+            if isinstance(spec, DevEnvSpec)
+            else spec
+        )
+        return DevEnvDetailOut.model_validate(self._client.request("POST", "devenvs", json=body))
+
+    def list(self, query: DevEnvListQuery | None = None, **filters: Any) -> list[DevEnvOut]:
+        """Newest first. Filters: `project`, `user`, `state` (`active` or `finished`),
+        `limit`."""
+        query = query or DevEnvListQuery(**filters)
+        params = query.model_dump(mode="json", exclude_none=True)
+        return self._client.get("devenvs", list[DevEnvOut], **params)
+
+    def get(self, env_id: int) -> DevEnvDetailOut:
+        return self._client.get(f"devenvs/{env_id}", DevEnvDetailOut)
+
+    def stop(self, env_id: int) -> DevEnvDetailOut:
+        """Stop it; its files stay, and `restart` starts it again in place."""
+        data = self._client.request("POST", f"devenvs/{env_id}/stop")
+        return DevEnvDetailOut.model_validate(data)
+
+    def restart(self, env_id: int) -> DevEnvDetailOut:
+        data = self._client.request("POST", f"devenvs/{env_id}/restart")
+        return DevEnvDetailOut.model_validate(data)
+
+    def remove(self, env_id: int) -> None:
+        """Forget a stopped environment; its name is free again."""
+        self._client.request("DELETE", f"devenvs/{env_id}")
+
+    def logs(self, env_id: int, *, offset: int = 0, tail: int | None = None) -> LogChunkOut:
+        return self._client.get(f"devenvs/{env_id}/logs", LogChunkOut, offset=offset, tail=tail)
+
+    def follow(
+        self, env_id: int, *, tail: int | None = None, poll_seconds: float = 0.5
+    ) -> Iterator[str]:
+        """Yield the environment's log as it arrives, until it has stopped."""
+        return _follow(self.logs, env_id, tail, poll_seconds)
+
+
+class SshKeys(_Group):
+    """The signed-in user's SSH public keys (they let their holders into one's dev
+    environments through the server's SSH gateway)."""
+
+    def list(self) -> list[SshKeyOut]:
+        return self._client.get("me/ssh-keys", list[SshKeyOut])
+
+    def add(self, public_key: str, name: str = "") -> SshKeyOut:
+        """Add one line of a `.pub` file, e.g. `ssh-ed25519 AAAA… you@laptop`."""
+        body = {"public_key": public_key, "name": name}
+        return SshKeyOut.model_validate(self._client.request("POST", "me/ssh-keys", json=body))
+
+    def remove(self, key_id: int) -> None:
+        self._client.request("DELETE", f"me/ssh-keys/{key_id}")
 
 
 class Metrics(_Group):
@@ -388,6 +450,21 @@ class Nodes(_Group):
         """Drain/undrain a GPU (schedulable) or make it shared/exclusive (administrators)."""
         body = _given(schedulable=schedulable, shared=shared, reason=reason)
         return GpuOut.model_validate(self._client.request("PATCH", f"gpus/{uuid}", json=body))
+
+
+def _follow(
+    logs: Callable[..., LogChunkOut], item_id: int, tail: int | None, poll_seconds: float
+) -> Iterator[str]:
+    """A log's text as it arrives, until its job or environment has ended."""
+    chunk = logs(item_id, tail=tail)
+    while True:
+        if chunk.text:
+            yield chunk.text
+        if chunk.finished and not chunk.text:
+            return
+        if not chunk.text:
+            time.sleep(poll_seconds)
+        chunk = logs(item_id, offset=chunk.next_offset)
 
 
 def _given(**fields: Any) -> dict[str, Any]:
