@@ -1,6 +1,7 @@
 """`suanli run`, `suanli submit` and `suanli jobs`: work on the shared GPUs."""
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,11 +23,23 @@ from suanli.cli.session import connect
 from suanli.client import Client
 from suanli.core.durations import format_duration
 from suanli.core.quantities import format_bytes
-from suanli.schemas.jobs import JobDetailOut, JobOut
+from suanli.schemas.jobs import EventOut, JobDetailOut, JobOut
 
 app = typer.Typer(help="Jobs: list, show, follow logs, cancel, resubmit.", no_args_is_help=True)
 JobId = Annotated[int, typer.Argument(help="Job id.")]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the output until it ends.")]
+Tail = Annotated[int | None, typer.Option(help="Only the last N lines.")]
+# What `suanli run` and `suanli envs create` ask for the same way.
+GpusOption = Annotated[int | None, typer.Option(help="Whole GPUs.")]
+GpuModelOption = Annotated[str | None, typer.Option(help="Only GPUs of this model.")]
+GpuMemoryOption = Annotated[str | None, typer.Option(help="A GPU fraction: memory, e.g. 10Gi.")]
+GpuComputeOption = Annotated[int | None, typer.Option(help="A GPU fraction: compute %.")]
+CpusOption = Annotated[float | None, typer.Option(help="CPU cores.")]
+MemoryOption = Annotated[str | None, typer.Option(help="Memory, e.g. 16Gi.")]
+PriorityOption = Annotated[str | None, typer.Option(help="high, normal or low.")]
+MaxDurationOption = Annotated[str | None, typer.Option(help="e.g. 30m, 2h, 1d.")]
+WorkdirOption = Annotated[str | None, typer.Option(help="Working directory.")]
+EnvOption = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE.")]
 
 STATE_STYLES = {
     "pending": "yellow",
@@ -46,21 +59,19 @@ def state_text(state: str) -> Text:
 def run(
     command: Annotated[list[str], typer.Argument(help="The command, after --.")],
     project: Annotated[str, typer.Option("--project", "-p", help="Project to run in.")],
-    gpus: Annotated[int, typer.Option(help="Whole GPUs.")] = 0,
-    gpu_model: Annotated[str | None, typer.Option(help="Only GPUs of this model.")] = None,
-    gpu_memory: Annotated[
-        str | None, typer.Option(help="A GPU fraction: memory, e.g. 10Gi.")
-    ] = None,
-    gpu_compute: Annotated[int | None, typer.Option(help="A GPU fraction: compute %.")] = None,
-    cpus: Annotated[float, typer.Option(help="CPU cores.")] = 1.0,
-    memory: Annotated[str, typer.Option(help="Memory, e.g. 16Gi.")] = "4Gi",
-    priority: Annotated[str, typer.Option(help="high, normal or low.")] = "normal",
-    max_duration: Annotated[str | None, typer.Option(help="e.g. 30m, 2h, 1d.")] = None,
+    gpus: GpusOption = 0,
+    gpu_model: GpuModelOption = None,
+    gpu_memory: GpuMemoryOption = None,
+    gpu_compute: GpuComputeOption = None,
+    cpus: CpusOption = 1.0,
+    memory: MemoryOption = "4Gi",
+    priority: PriorityOption = "normal",
+    max_duration: MaxDurationOption = None,
     retries: Annotated[int, typer.Option(help="Runs again on failure or preemption.")] = 0,
     preemptible: Annotated[bool, typer.Option(help="May be preempted.")] = True,
     name: Annotated[str, typer.Option(help="A name to recognise it by.")] = "",
-    workdir: Annotated[str | None, typer.Option(help="Working directory.")] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE.")] = None,
+    workdir: WorkdirOption = None,
+    env: EnvOption = None,
     follow: Follow = False,
     json: JsonOption = False,
 ) -> None:
@@ -72,17 +83,16 @@ def run(
         "priority": priority,
         "retries": retries,
         "preemptible": preemptible,
-        "env": _env(env or []),
-        "resources": {"gpus": gpus, "cpus": cpus, "memory": memory},
+        "env": parse_env(env or []),
+        "resources": resources(
+            gpus=gpus,
+            gpu_model=gpu_model,
+            gpu_memory=gpu_memory,
+            gpu_compute_percent=gpu_compute,
+            cpus=cpus,
+            memory=memory,
+        ),
     }
-    resources = spec["resources"]
-    for key, value in (
-        ("gpu_model", gpu_model),
-        ("gpu_memory", gpu_memory),
-        ("gpu_compute_percent", gpu_compute),
-    ):
-        if value is not None:
-            resources[key] = value
     if max_duration:
         spec["max_duration"] = max_duration
     if workdir:
@@ -104,12 +114,7 @@ def submit(
     json: JsonOption = False,
 ) -> None:
     """Submit a job spec file (the same fields as `suanli run`'s options)."""
-    try:
-        spec = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise typer.BadParameter(t("cli.bad_yaml", reason=str(error))) from None
-    if not isinstance(spec, dict):
-        raise typer.BadParameter(t("cli.bad_yaml", reason="not a mapping"))
+    spec = load_spec(file)
     if project:
         spec["project"] = project
     _submit(spec, follow, json)
@@ -151,9 +156,9 @@ def list_jobs(
                 j.project,
                 j.user,
                 state_text(j.state),
-                _gpus(j),
+                gpus_cell(j),
                 j.submitted_at,
-                _why(j),
+                why(j),
             )
             for j in jobs
         ],
@@ -175,7 +180,7 @@ def show(job_id: JobId, json: JsonOption = False) -> None:
 def logs(
     job_id: JobId,
     follow: Follow = False,
-    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    tail: Tail = None,
 ) -> None:
     """Print a job's output (kept after it ends); --follow streams it until the job ends."""
     with connect() as client:
@@ -222,13 +227,13 @@ def _show(job: JobDetailOut) -> None:
             ("user", job.user),
             ("state", label("state", job.state)),
             ("priority", label("priority", job.priority)),
-            ("gpus", _gpus(job)),
+            ("gpus", gpus_cell(job)),
             ("submitted", job.submitted_at),
             ("started", job.started_at),
             ("finished", job.finished_at),
             ("attempts", job.attempts),
-            ("placement", _placement(job)),
-            ("why", _why(job)),
+            ("placement", placement(job)),
+            ("why", why(job)),
             ("exit", job.exit.message if job.exit else None),
             ("command", " ".join(job.spec.get("command") or []) or t("cli.script")),
             ("max_duration", format_duration(job.spec.get("max_duration"))),
@@ -237,7 +242,12 @@ def _show(job: JobDetailOut) -> None:
     )
     for warning in job.warnings:
         fail(warning)
-    table(["time", "state", "detail"], [(e.at, state_text(e.state), e.detail) for e in job.history])
+    history(job.history)
+
+
+def history(events: Sequence[EventOut]) -> None:
+    """The state timeline of a job or a dev environment."""
+    table(["time", "state", "detail"], [(e.at, state_text(e.state), e.detail) for e in events])
 
 
 def _usage(job: JobOut) -> str | None:
@@ -253,11 +263,11 @@ def _usage(job: JobOut) -> str | None:
     return ", ".join(parts)
 
 
-def _gpus(job: JobOut) -> str:
+def gpus_cell(job: JobOut) -> str:
     return f"{job.gpus:g}" if job.gpus else "-"
 
 
-def _why(job: JobOut) -> str:
+def why(job: JobOut) -> str:
     if job.pending:
         return job.pending.message
     if job.exit:
@@ -265,14 +275,30 @@ def _why(job: JobOut) -> str:
     return ""
 
 
-def _placement(job: JobOut) -> str:
+def placement(job: JobOut) -> str:
     if not job.placement:
         return "-"
     gpus = ", ".join(g.uuid for g in job.placement.gpus)
     return job.placement.node + (f" [{gpus}]" if gpus else "")
 
 
-def _env(pairs: list[str]) -> dict[str, str]:
+def load_spec(file: Path, message: str = "cli.bad_yaml") -> dict[str, Any]:
+    """A spec file in YAML (or JSON) as a mapping; usage errors say what is wrong with it."""
+    try:
+        spec = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise typer.BadParameter(t(message, reason=str(error))) from None
+    if not isinstance(spec, dict):
+        raise typer.BadParameter(t(message, reason="not a mapping"))
+    return spec
+
+
+def resources(**given: Any) -> dict[str, Any]:
+    """A spec's `resources` from the options given (None: not given, the server decides)."""
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

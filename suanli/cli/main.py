@@ -12,7 +12,18 @@ import uvicorn
 from pydantic import ValidationError
 
 from suanli import __version__
-from suanli.cli import audit, config, jobs, monitoring, nodes, projects, tokens, users
+from suanli.cli import (
+    audit,
+    config,
+    envs,
+    jobs,
+    monitoring,
+    nodes,
+    projects,
+    sshkeys,
+    tokens,
+    users,
+)
 from suanli.cli.output import (
     JsonOption,
     fail,
@@ -35,6 +46,7 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(sshkeys.app, name="ssh-keys")
 app.add_typer(projects.app, name="projects")
 app.add_typer(projects.members_app, name="members")
 app.add_typer(projects.quota_app, name="quota")
@@ -42,6 +54,7 @@ app.command("audit")(audit.audit)
 app.command("run", context_settings={"allow_interspersed_args": False})(jobs.run)
 app.command("submit")(jobs.submit)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(envs.app, name="envs")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(nodes.gpus_app, name="gpus")
 app.command("alerts")(monitoring.alerts)
