@@ -8,7 +8,17 @@ OpenAPI document, which describes the API only. Errors on console paths are answ
 from fastapi import FastAPI, Request, Response
 
 from suanli.web import render, session
-from suanli.web.routes import account, admin, auth, jobs, monitoring, nodes, overview, projects
+from suanli.web.routes import (
+    account,
+    admin,
+    auth,
+    devenvs,
+    jobs,
+    monitoring,
+    nodes,
+    overview,
+    projects,
+)
 
 _NOT_CONSOLE = ("/api/", "/static/", "/docs", "/openapi.json", "/healthz", "/readyz", "/metrics")
 
@@ -27,5 +37,5 @@ def error_page(request: Request, status: int, detail: str) -> Response | None:
 
 
 def install(app: FastAPI) -> None:
-    for module in (auth, overview, jobs, nodes, monitoring, projects, admin, account):
+    for module in (auth, overview, jobs, devenvs, nodes, monitoring, projects, admin, account):
         app.include_router(module.router)

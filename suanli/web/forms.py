@@ -7,7 +7,7 @@ field's dotted path (`resources.gpus`), which is also what an error names.
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -108,6 +108,20 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     if nodes := optional(values, "resources.nodes"):
         resources["nodes"] = number(nodes)
+    resources.update(resources_of(values))
+    if resources:
+        spec["resources"] = resources
+    if retries := optional(values, "retries"):
+        spec["retries"] = number(retries)
+    spec["preemptible"] = values.get("preemptible") == "on"
+    return spec
+
+
+def resources_of(values: Mapping[str, str]) -> dict[str, Any]:
+    """GPUs (whole, a fraction or none, as the `gpu_kind` tabs say), CPUs and memory of a
+    form, as the schema's `resources` (nodes aside): the job and dev environment forms ask
+    for them alike."""
+    resources: dict[str, Any] = {}
     gpu_kind = values.get("gpu_kind", "whole")
     if gpu_kind == "whole" and (gpus := optional(values, "resources.gpus")):
         resources["gpus"] = number(gpus)
@@ -122,11 +136,23 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
         resources["cpus"] = number(cpus)
     if memory := optional(values, "resources.memory"):
         resources["memory"] = memory
-    if resources:
+    return resources
+
+
+def devenv_spec(values: Mapping[str, str], tools: Sequence[str]) -> dict[str, Any]:
+    """The dev environment form as a DevEnvSpec document. The tools are checkboxes (one
+    name, several values), so they come apart from the text fields; durations and sizes
+    stay as typed for the schema to read."""
+    spec: dict[str, Any] = {
+        "project": values.get("project", ""),
+        "name": values.get("name", "").strip(),
+        "tools": list(tools),
+    }
+    for name in ("environment", "workdir", "idle_timeout", "max_duration"):
+        if value := optional(values, name):
+            spec[name] = value
+    if resources := resources_of(values):
         spec["resources"] = resources
-    if retries := optional(values, "retries"):
-        spec["retries"] = number(retries)
-    spec["preemptible"] = values.get("preemptible") == "on"
     return spec
 
 

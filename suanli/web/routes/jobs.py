@@ -3,7 +3,7 @@ its live log, cancel and resubmit."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, get_args
 
 from anyio import to_thread
@@ -245,15 +245,29 @@ async def follow_log(job_id: JobId, request: Request, viewer: ViewerDep) -> Resp
     database = get_database(request)
     path = log_path(settings, job_id)
 
-    def read(offset: int) -> jobs.LogChunk:
+    def read(offset: int | None) -> jobs.LogChunk:
         with database.reading() as db:
             return jobs.read_log(
-                db, viewer.actor, job_id, path, offset=offset, limit=LOG_CHUNK, tail=None
+                db, viewer.actor, job_id, path, offset=offset or 0, limit=LOG_CHUNK, tail=None
             )
 
-    resume = request.headers.get("last-event-id", "0")
-    start = int(resume) if resume.isdigit() else 0
-    first = await to_thread.run_sync(read, start)  # 404 here, before the stream starts
+    first = await to_thread.run_sync(read, resume_offset(request))  # 404 here, not mid-stream
+    return log_stream(request, first, read)
+
+
+def resume_offset(request: Request) -> int | None:
+    """Where a reconnecting browser left off (the last event's id), or None the first time."""
+    resume = request.headers.get("last-event-id", "")
+    return int(resume) if resume.isdigit() else None
+
+
+def log_stream(
+    request: Request, first: jobs.LogChunk, read: Callable[[int], jobs.LogChunk]
+) -> StreamingResponse:
+    """Server-sent events from `first` on: `log` with new output (the event's id is the
+    offset after it), `end` once the workload has ended and all was sent. `read` checks
+    access again at every call; the stream lasts STREAM_SECONDS at most, then the browser
+    reconnects with the last id. Dev environments' logs are followed the same way."""
     deadline = asyncio.get_running_loop().time() + STREAM_SECONDS
 
     async def events() -> AsyncIterator[str]:
