@@ -1,4 +1,5 @@
-"""My account: profile, password, API tokens (a new token is shown once, on creation)."""
+"""My account: profile, password, API tokens (a new token is shown once, on creation), and the
+SSH public keys the dev environments' SSH gateway knows the user by."""
 
 from datetime import timedelta
 from typing import Annotated
@@ -12,8 +13,9 @@ from suanli.api.deps import DatabaseDep, SessionDep, SettingsDep
 from suanli.core.errors import SuanliError
 from suanli.db.models import utcnow
 from suanli.schemas.accounts import MeUpdate, PasswordChange, TokenCreate
+from suanli.schemas.devenvs import SshKeyAdd
 from suanli.schemas.types import MAX_INT32
-from suanli.services import accounts, auth, tokens
+from suanli.services import accounts, auth, sshkeys, tokens
 from suanli.services.auth import LoginPolicy
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
@@ -39,6 +41,7 @@ def _page(
         nav="account",
         user=viewer.user,
         tokens=tokens.list_mine(db, viewer.actor),
+        ssh_keys=sshkeys.list_mine(db, viewer.actor),
         current_token=viewer.token_id,
         errors=errors or {},
         values=values or {},
@@ -47,11 +50,18 @@ def _page(
 
 
 def _failed(
-    request: Request, db: Session, viewer: Viewer, error: ValidationError | SuanliError, prefix: str
+    request: Request,
+    db: Session,
+    viewer: Viewer,
+    error: ValidationError | SuanliError,
+    prefix: str,
+    values: dict[str, str] | None = None,
 ) -> Response:
+    """The page again with the form's errors; `values` are what to show typed again (never
+    passwords)."""
     db.rollback()
     errors, status = forms.refused(request, error, prefix)
-    return _page(request, db, viewer, errors=errors, status=status)
+    return _page(request, db, viewer, errors=errors, values=values, status=status)
 
 
 @router.get("/account")
@@ -123,3 +133,32 @@ def revoke_token(
 ) -> Response:
     tokens.revoke(db, viewer.actor, token_id)
     return render.redirect("/account", flash="web.flash.token_revoked")
+
+
+@router.post("/account/ssh-keys")
+async def add_ssh_key(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    """What was pasted stays in the form when refused, so it can be mended, not pasted again
+    (a public key is no secret; a private key pasted by mistake is refused and not echoed)."""
+    values = forms.fields(await request.form())
+    typed = {
+        "ssh_key.public_key": values.get("public_key", ""),
+        "ssh_key.name": values.get("name", ""),
+    }
+    try:
+        body = SshKeyAdd.model_validate(
+            {"public_key": values.get("public_key", ""), "name": values.get("name", "").strip()}
+        )
+        sshkeys.add(db, viewer.actor, body.public_key, body.name)
+    except (ValidationError, SuanliError) as error:
+        if "PRIVATE KEY" in typed["ssh_key.public_key"]:
+            typed["ssh_key.public_key"] = ""
+        return _failed(request, db, viewer, error, "ssh_key", typed)
+    return render.redirect("/account#ssh-keys", flash="web.flash.ssh_key_added")
+
+
+@router.post("/account/ssh-keys/{key_id}/remove")
+def remove_ssh_key(
+    key_id: Annotated[int, Path(ge=1, le=MAX_INT32)], db: SessionDep, viewer: ViewerDep
+) -> Response:
+    sshkeys.remove(db, viewer.actor, key_id)
+    return render.redirect("/account#ssh-keys", flash="web.flash.ssh_key_removed")
