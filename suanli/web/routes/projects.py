@@ -1,5 +1,6 @@
 """Projects: members and roles, quotas against current use, the project's jobs. Owners manage
-members; administrators create projects (or everyone, by setting) and set quotas."""
+members and whether they may open their members' dev environments; administrators create
+projects (or everyone, by setting) and set quotas, dev environments' maximum lifetime too."""
 
 from typing import Annotated
 
@@ -15,7 +16,13 @@ from suanli.core.names import NAME_PATTERN
 from suanli.core.roles import ProjectRole
 from suanli.i18n import translate
 from suanli.schemas.jobs import JobListQuery
-from suanli.schemas.projects import MemberAdd, MemberUpdate, ProjectCreate, QuotaUpdate
+from suanli.schemas.projects import (
+    MemberAdd,
+    MemberUpdate,
+    ProjectCreate,
+    ProjectUpdate,
+    QuotaUpdate,
+)
 from suanli.services import cluster, jobs, projects
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
@@ -26,6 +33,8 @@ ProjectName = Annotated[str, Path(pattern=NAME_PATTERN)]
 UserName = Annotated[str, Path(pattern=NAME_PATTERN)]
 QUOTA_NUMBERS = ("guaranteed_gpus", "max_gpus", "max_gpus_per_user", "cpus")
 QUOTA_SIZES = ("memory_bytes", "storage_bytes")
+# Durations as typed ("8h", "1d12h"): the schema reads them.
+QUOTA_DURATIONS = ("devenv_max_lifetime_seconds",)
 
 
 def _list_page(
@@ -172,6 +181,11 @@ async def set_quota(
     for field in QUOTA_SIZES:
         text = values.get(field, "").strip()
         changes[field] = forms.size(text) if text else None
+    # Every quota field is in the form, so that saving it sets each one as shown: a field
+    # left out would be reset by model_dump() below (its default, None, lifts the limit).
+    for field in QUOTA_DURATIONS:
+        text = values.get(field, "").strip()
+        changes[field] = text or None
     if changes["guaranteed_gpus"] is None:
         changes["guaranteed_gpus"] = 0
     if isinstance(changes["cpus"], int):
@@ -196,3 +210,24 @@ async def set_quota(
     if errors:
         return _project_page(request, db, viewer, name, errors, values, status=status)
     return render.redirect(f"/projects/{name}", flash="web.flash.quota_saved")
+
+
+@router.post("/projects/{name}/devenvs")
+async def set_devenv_access(
+    name: ProjectName, request: Request, db: SessionDep, viewer: ViewerDep
+) -> Response:
+    """Whether the project's owners may open their members' dev environments (a checkbox:
+    absent means no). Owners and administrators decide; the service checks."""
+    values = forms.fields(await request.form())
+    try:
+        body = ProjectUpdate.model_validate(
+            {"owners_open_devenvs": values.get("owners_open_devenvs") == "on"}
+        )
+        projects.update_project(
+            db, viewer.actor, name, owners_open_devenvs=body.owners_open_devenvs
+        )
+    except (ValidationError, SuanliError) as error:
+        db.rollback()
+        errors, status = forms.refused(request, error, "devenvs")
+        return _project_page(request, db, viewer, name, errors, status=status)
+    return render.redirect(f"/projects/{name}", flash="web.flash.project_devenvs_saved")
