@@ -5,6 +5,7 @@ PostgreSQL server, e.g. from `scripts/postgres start`), every database a test as
 fresh PostgreSQL database on that server instead.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -75,7 +77,24 @@ class RunningServer:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout=20)
+        code = self.process.wait(timeout=20)
+        if sig == signal.SIGTERM:  # the end; a SIGKILL plays a crash, to be restarted from
+            end_workloads(self.data_dir)
+        return code
+
+
+def end_workloads(data_dir: Path) -> None:
+    """Workloads outlive their server by design (a restarted server adopts them): a test's
+    server that is gone for good takes its still-running ones along, by SIGTERM to their
+    wrappers (which end them as a cancel does: dev environments' tools included)."""
+    prefix = str(data_dir.resolve()) + "/"
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "suanli.backends.local.wrapper" in command and any(
+            arg.startswith(prefix) for arg in command
+        ):
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
 
 
 def start_server(

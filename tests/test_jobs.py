@@ -8,24 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
+from waiting import wait_for
 
 from suanli.client import ApiError, Client
 
 GPUS = json.dumps([{"count": 4, "model": "A100", "memory_bytes": 80 * 2**30}])
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 def states(client: Client, ids: list[int]) -> list[str]:

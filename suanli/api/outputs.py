@@ -100,9 +100,12 @@ def detail_out(job: Job, language: str) -> JobDetailOut:
     )
 
 
-def devenv_out(job: Job, language: str, settings: Settings, ssh_port: int | None) -> DevEnvOut:
+def devenv_out(
+    job: Job, language: str, settings: Settings, ssh_port: int | None, reader_id: int
+) -> DevEnvOut:
     """A dev environment, with the browser paths of its tools (the proxy's, and the
-    console's terminal page) and how to reach it over SSH."""
+    console's terminal page) and how to reach it over SSH: its owner logs in as `<name>`,
+    a project owner entering a member's as `<name>.<user>` (what the gateway reads)."""
     tools = list(job.spec.get("tools", []))
     urls: dict[str, str] = {}
     if job.state == "running":
@@ -114,7 +117,8 @@ def devenv_out(job: Job, language: str, settings: Settings, ssh_port: int | None
         urls = {tool: paths[tool] for tool in tools if tool in paths}
     ssh = None
     if "ssh" in tools and ssh_port is not None:
-        ssh = ssh_access(job.name, settings.effective_ssh_host, ssh_port)
+        login = job.name if job.user_id == reader_id else f"{job.name}.{job.user_name}"
+        ssh = ssh_access(login, settings.effective_ssh_host, ssh_port)
     return DevEnvOut(
         **job_out(job, language).model_dump(),
         tools=tools,
@@ -145,11 +149,11 @@ def ssh_access(name: str, host: str, port: int) -> SshAccessOut:
 
 
 def devenv_detail_out(
-    job: Job, language: str, settings: Settings, ssh_port: int | None
+    job: Job, language: str, settings: Settings, ssh_port: int | None, reader_id: int
 ) -> DevEnvDetailOut:
     detail = detail_out(job, language)
     return DevEnvDetailOut(
-        **devenv_out(job, language, settings, ssh_port).model_dump(),
+        **devenv_out(job, language, settings, ssh_port, reader_id).model_dump(),
         spec=detail.spec,
         history=detail.history,
     )

@@ -213,6 +213,7 @@ class Agent:
             f"{self.config.bind}:{port}",
             "--disable-telemetry",
             "--disable-update-check",
+            "--disable-workspace-trust",  # the folder is the user's own
             self.config.workdir,
         ]
         await self._spawn("code-server", argv, self.env)

@@ -13,6 +13,7 @@ requests that change things (the session cookie must not be usable from other si
 
 import asyncio
 import contextlib
+import logging
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from suanli.services.actor import Actor
 from suanli.services.devenvs import Entry
 from suanli.web import session as web_session
 
+log = logging.getLogger("suanli.devenvs.proxy")
 PREFIX = "/x"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
@@ -47,7 +49,9 @@ _HOP = {
     "upgrade",
     "host",
 }
-_OURS = {"authorization", web_session.CSRF_HEADER}
+# The server's own credentials, and what only the proxy may say (where the request came to).
+_OURS = {"authorization", web_session.CSRF_HEADER, "forwarded", "x-forwarded-host"}
+_OURS_IN_ANSWERS = {"date", "server"}  # uvicorn says these once
 _OUR_COOKIES = {web_session.SESSION_COOKIE, web_session.CSRF_COOKIE, web_session.LANGUAGE_COOKIE}
 _SAFE = {"GET", "HEAD", "OPTIONS"}
 
@@ -121,6 +125,11 @@ def _headers(connection: HTTPConnection, entry: Entry) -> list[tuple[str, str]]:
     if cookies:
         kept.append(("cookie", cookies))
     kept.append(("authorization", f"token {entry.token}"))
+    # The tools check a websocket's Origin against the host the browser talked to (the
+    # Origin was checked against it here first); and compress only where the browser asked.
+    kept.append(("x-forwarded-host", connection.headers.get("host", "")))
+    if "accept-encoding" not in connection.headers:
+        kept.append(("accept-encoding", "identity"))
     return kept
 
 
@@ -155,7 +164,7 @@ async def http_endpoint(request: Request) -> Response:
     headers = [
         (name, value)
         for name, value in upstream.headers.multi_items()
-        if name.lower() not in _HOP and not _sets_our_cookie(name, value)
+        if name.lower() not in _HOP | _OURS_IN_ANSWERS and not _sets_our_cookie(name, value)
     ]
     response = StreamingResponse(
         upstream.aiter_raw(),
@@ -190,10 +199,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             subprotocols=offered or None,  # type: ignore[arg-type]
             max_size=None,
             compression=None,
-            open_timeout=10,
+            open_timeout=60,  # a kernel's channels open once the kernel answers
             ping_interval=None,
         )
-    except (OSError, InvalidHandshake, InvalidStatus, TimeoutError):
+    except (OSError, InvalidHandshake, InvalidStatus, TimeoutError) as error:
+        log.warning("dev environment %s: %s refused the websocket (%s)", entry.env_id, tool, error)
         await websocket.close(code=1011, reason="the environment's tool did not answer")
         return
     await websocket.accept(subprotocol=upstream.subprotocol)

@@ -4,26 +4,37 @@ and SSH, all reached only through the server (its proxy and its SSH gateway), by
 
 import asyncio
 import json
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import httpx
 import pytest
-from conftest import ADMIN_PASSWORD, SIMULATED_A100S, RunningServer, unique
-from test_jobs import wait_for
+from waiting import wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from suanli.client import ApiError, Client
 
+if TYPE_CHECKING:  # the root conftest's; not importable by name from here
+    from tests.conftest import RunningServer
+
 PASSWORD = "devenv-test-password"
+ADMIN_PASSWORD = "admin-test-password"  # tests/conftest.py gives every test server this one
+SIMULATED_A100S = json.dumps([{"count": 4, "model": "A100-SXM4-80GB", "memory_bytes": 80 * 2**30}])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, launch_server: Any) -> Iterator[RunningServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Any
+) -> Iterator["RunningServer"]:
     env = {
         "SUANLI_SIMULATED_GPUS": SIMULATED_A100S,
         "SUANLI_DEVENV_CHECK_INTERVAL_SECONDS": "0.5",
@@ -37,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, launch_server: Any) -> Iter
 class Team:
     """A project with its owner (alice), a member (bob), and a stranger (eve) outside it."""
 
-    def __init__(self, server: RunningServer) -> None:
+    def __init__(self, server: "RunningServer") -> None:
         admin = server.login("admin", ADMIN_PASSWORD)
         self.project = unique("dev")
         self.names = {role: unique(role) for role in ("alice", "bob", "eve")}
@@ -54,7 +65,7 @@ class Team:
 
 
 @pytest.fixture(scope="module")
-def team(server: RunningServer) -> Team:
+def team(server: "RunningServer") -> Team:
     return Team(server)
 
 
@@ -75,7 +86,7 @@ def bearer(client: Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {client.token}"}
 
 
-def wait_until_up(server: RunningServer, client: Client, env: dict[str, Any], path: str) -> None:
+def wait_until_up(server: "RunningServer", client: Client, env: dict[str, Any], path: str) -> None:
     """Until the tool answers through the proxy (its state says running before it listens)."""
 
     def answers() -> bool:
@@ -86,13 +97,13 @@ def wait_until_up(server: RunningServer, client: Client, env: dict[str, Any], pa
 
 
 @pytest.fixture(scope="module")
-def notebook(server: RunningServer, team: Team, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def notebook(server: "RunningServer", team: Team, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Alice's environment with every tool but VS Code, one simulated GPU."""
     workdir = tmp_path_factory.mktemp("alice-work")
     env = create(
         team.alice,
         team.project,
-        resources={"gpus": 1},
+        resources={"gpus": 1, "cpus": 1.0, "memory": "2Gi"},  # a kernel needs a whole core
         tools=["jupyter", "terminal", "ssh"],
         workdir=str(workdir),
         idle_timeout=3600,
@@ -102,7 +113,7 @@ def notebook(server: RunningServer, team: Team, tmp_path_factory: pytest.TempPat
 
 
 def test_jupyterlab_runs_code_through_the_proxy(
-    server: RunningServer, team: Team, notebook: dict
+    server: "RunningServer", team: Team, notebook: dict
 ) -> None:
     env_id = notebook["id"]
     assert notebook["state"] == "running"
@@ -122,14 +133,14 @@ def test_jupyterlab_runs_code_through_the_proxy(
 
 
 async def _execute(
-    server: RunningServer, client: Client, env_id: int, kernel: str, code: str
+    server: "RunningServer", client: Client, env_id: int, kernel: str, code: str
 ) -> str:
     """Run code over Jupyter's kernel websocket, through the proxy; its printed output."""
     url = (
         server.url.replace("http://", "ws://")
         + f"/x/{env_id}/jupyter/api/kernels/{kernel}/channels"
     )
-    async with connect(url, additional_headers=bearer(client)) as socket:
+    async with connect(url, additional_headers=bearer(client), open_timeout=30) as socket:
         header = {
             "msg_id": uuid.uuid4().hex,
             "session": uuid.uuid4().hex,
@@ -157,7 +168,7 @@ async def _execute(
                 raise AssertionError(message["content"])
 
 
-def test_only_the_owner_enters(server: RunningServer, team: Team, notebook: dict) -> None:
+def test_only_the_owner_enters(server: "RunningServer", team: Team, notebook: dict) -> None:
     path = f"/x/{notebook['id']}/jupyter/api/status"
     assert httpx.get(server.url + path, headers=bearer(team.eve)).status_code == 404  # stranger
     assert httpx.get(server.url + path, headers=bearer(team.bob)).status_code == 403  # member
@@ -193,9 +204,9 @@ def _opens(url: str, headers: dict[str, str]) -> bool:
 
 
 def test_project_owners_enter_only_where_the_project_allows(
-    server: RunningServer, team: Team
+    server: "RunningServer", team: Team, alice_key: asyncssh.SSHKey
 ) -> None:
-    env = create(team.bob, team.project, tools=["terminal"], idle_timeout=3600)
+    env = create(team.bob, team.project, tools=["terminal", "ssh"], idle_timeout=3600)
     wait_for(lambda: show(team.bob, env["id"])["state"] == "running", what="bob's env to run")
     path = f"{server.url}/x/{env['id']}/terminal/ws"
     url = path.replace("http://", "ws://")
@@ -204,6 +215,12 @@ def test_project_owners_enter_only_where_the_project_allows(
     team.alice.request("PATCH", f"projects/{team.project}", json={"owners_open_devenvs": True})
     try:
         wait_for(lambda: _opens(url, bearer(team.alice)), what="the owner to get in")
+        # Over SSH too, as `<name>.<user>`, which is what the API tells her to use.
+        seen = show(team.alice, env["id"])
+        login = f"{env['name']}.{team.names['bob']}"
+        assert seen["ssh"]["user"] == login and f"User {login}" in seen["ssh"]["config"]
+        assert show(team.bob, env["id"])["ssh"]["user"] == env["name"]
+        assert asyncio.run(_whoami(seen, login, alice_key)) == team.names["bob"]
         with pytest.raises(ApiError) as refused:  # the switch is the owners', not members'
             team.bob.request(
                 "PATCH", f"projects/{team.project}", json={"owners_open_devenvs": False}
@@ -214,7 +231,12 @@ def test_project_owners_enter_only_where_the_project_allows(
         team.bob.request("POST", f"devenvs/{env['id']}/stop")
 
 
-def test_web_terminal_over_the_proxy(server: RunningServer, team: Team, notebook: dict) -> None:
+async def _whoami(env: dict, login: str, key: asyncssh.SSHKey) -> str:
+    async with _ssh(env, login, key) as conn:
+        return (await conn.run("echo $SUANLI_USER")).stdout.strip()
+
+
+def test_web_terminal_over_the_proxy(server: "RunningServer", team: Team, notebook: dict) -> None:
     url = (
         server.url.replace("http://", "ws://") + f"/x/{notebook['id']}/terminal/ws?rows=30&cols=100"
     )
@@ -380,7 +402,7 @@ def test_names_are_the_users_own(team: Team) -> None:
     team.alice.request("POST", f"devenvs/{other['id']}/stop")
 
 
-def test_stop_restart_remove(server: RunningServer, team: Team) -> None:
+def test_stop_restart_remove(server: "RunningServer", team: Team) -> None:
     env = create(team.bob, team.project, tools=["terminal"])
     wait_for(lambda: show(team.bob, env["id"])["state"] == "running", what="running")
     with pytest.raises(ApiError) as busy:

@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
+from suanli.api.deps import Caller, CallerDep, SessionDep, SettingsDep, get_database
 from suanli.api.outputs import devenv_detail_out, devenv_out
 from suanli.api.problems import language_of
+from suanli.db.models import Job
 from suanli.schemas.devenvs import DevEnvDetailOut, DevEnvListQuery, DevEnvOut, DevEnvSpec
 from suanli.schemas.jobs import LogQuery
 from suanli.schemas.system import LogChunkOut
@@ -18,9 +19,11 @@ router = APIRouter(prefix="/devenvs", tags=["devenvs"])
 EnvId = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 
-def _detail(request: Request, job: object) -> DevEnvDetailOut:
+def _detail(request: Request, job: Job, caller: Caller) -> DevEnvDetailOut:
     state = request.app.state
-    return devenv_detail_out(job, language_of(request), state.settings, state.ssh_port)  # type: ignore[arg-type]
+    return devenv_detail_out(
+        job, language_of(request), state.settings, state.ssh_port, caller.actor.account.id
+    )
 
 
 @router.post("", response_model=DevEnvDetailOut, status_code=201)
@@ -39,7 +42,7 @@ def create(
         session, caller.actor, spec, nodes, settings, on_engine=request.app.state.on_engine
     )
     request.app.state.wake()
-    return _detail(request, job)
+    return _detail(request, job, caller)
 
 
 @router.get("", response_model=list[DevEnvOut])
@@ -52,7 +55,7 @@ def list_envs(
     """Newest first, from the projects you belong to."""
     state, language = request.app.state, language_of(request)
     return [
-        devenv_out(job, language, state.settings, state.ssh_port)
+        devenv_out(job, language, state.settings, state.ssh_port, caller.actor.account.id)
         for job in devenvs.list_envs(session, caller.actor, query)
     ]
 
@@ -61,7 +64,7 @@ def list_envs(
 def show(
     env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep
 ) -> DevEnvDetailOut:
-    return _detail(request, devenvs.get(session, caller.actor, env_id))
+    return _detail(request, devenvs.get(session, caller.actor, env_id), caller)
 
 
 @router.post("/{env_id}/stop", response_model=DevEnvDetailOut)
@@ -71,7 +74,7 @@ def stop(
     """Stop it: its processes get SIGTERM, a grace period, then SIGKILL. Its files stay."""
     job = devenvs.stop(session, caller.actor, env_id)
     request.app.state.wake()
-    return _detail(request, job)
+    return _detail(request, job, caller)
 
 
 @router.post("/{env_id}/restart", response_model=DevEnvDetailOut)
@@ -81,7 +84,7 @@ def restart(
     """Start a stopped environment again, in place (same id, URLs and SSH name)."""
     job = devenvs.restart(session, caller.actor, env_id, settings)
     request.app.state.wake()
-    return _detail(request, job)
+    return _detail(request, job, caller)
 
 
 @router.delete("/{env_id}", status_code=204)

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from suanli.api.deps import SessionDep, SettingsDep, get_database
-from suanli.api.outputs import devenv_detail_out, devenv_out, ssh_access
+from suanli.api.outputs import devenv_detail_out, devenv_out
 from suanli.config import Settings
 from suanli.core.errors import Forbidden, NotFound, SuanliError
 from suanli.core.roles import ProjectRole
@@ -30,7 +30,6 @@ from suanli.schemas.devenvs import (
     DevEnvListQuery,
     DevEnvOut,
     DevEnvSpec,
-    SshAccessOut,
     Tool,
 )
 from suanli.schemas.types import MAX_INT32
@@ -85,7 +84,7 @@ def _may_manage(db: Session, viewer: Viewer, job: Job) -> bool:
 
 def _view(request: Request, db: Session, viewer: Viewer, job: Job) -> EnvView:
     state = request.app.state
-    env = devenv_out(job, request.state.language, state.settings, state.ssh_port)
+    env = devenv_out(job, request.state.language, state.settings, state.ssh_port, viewer.user.id)
     return EnvView(env=env, enter=_may_enter(db, viewer, job), manage=_may_manage(db, viewer, job))
 
 
@@ -201,19 +200,13 @@ def _create(request: Request, viewer: Viewer, values: dict[str, str], tools: lis
         return _form_page(request, db, viewer, values, tools, errors, status=status)
 
 
-def _ssh_for(viewer: Viewer, job: Job, env: DevEnvOut) -> SshAccessOut | None:
-    """The owner logs in as `<name>`; a project owner entering a member's environment as
-    `<name>.<user>` (what the SSH gateway reads), so their snippet must say so."""
-    if env.ssh is None or job.user_id == viewer.user.id:
-        return env.ssh
-    return ssh_access(f"{job.name}.{job.user_name}", env.ssh.host, env.ssh.port)
-
-
 @router.get("/devenvs/{env_id}")
 def show_env(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     job = devenvs.get(db, viewer.actor, env_id)
     state = request.app.state
-    detail = devenv_detail_out(job, request.state.language, state.settings, state.ssh_port)
+    detail = devenv_detail_out(
+        job, request.state.language, state.settings, state.ssh_port, viewer.user.id
+    )
     view = EnvView(
         env=detail, enter=_may_enter(db, viewer, job), manage=_may_manage(db, viewer, job)
     )
@@ -229,7 +222,7 @@ def show_env(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep)
         nav="devenvs",
         item=view,
         env=detail,
-        ssh=_ssh_for(viewer, job, detail) if view.enter else None,
+        ssh=detail.ssh if view.enter else None,
         has_keys=bool(sshkeys.list_mine(db, viewer.actor)),
         stopping=bool(job.stop_reason) and not current.terminal,
         poll=poll,
@@ -286,7 +279,7 @@ def terminal(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep)
     if "terminal" not in job.spec.get("tools", ()):
         raise NotFound("error.devenv_tool_off", name=job.name, tool="terminal")
     state = request.app.state
-    env = devenv_out(job, request.state.language, state.settings, state.ssh_port)
+    env = devenv_out(job, request.state.language, state.settings, state.ssh_port, viewer.user.id)
     return render.page(
         request,
         "devenv_terminal.html",
