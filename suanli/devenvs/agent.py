@@ -40,6 +40,14 @@ from suanli.devenvs import endpoints, shells
 from suanli.devenvs.endpoints import AgentConfig, Endpoints
 
 STOP_GRACE = 5.0
+# JupyterLab, started without one import: jsonschema loads rfc3987_syntax when it is there,
+# which builds some 35 parsers at import (1.5-3.5 s of JupyterLab's 3-6 s start here; see
+# jupyter-server/jupyter_server#1559). Without it jsonschema merely skips checking "iri"
+# formats in Jupyter's event schemas. The kernels, the user's own processes, are untouched.
+JUPYTERLAB = (
+    "import sys; sys.modules['rfc3987_syntax'] = None; "
+    "from jupyterlab.labapp import main; sys.exit(main())"
+)
 
 
 def say(text: str) -> None:
@@ -117,6 +125,8 @@ class Agent:
         tools = self.config.tools
         servers: list[Any] = []
         host_key = ""
+        if "jupyter" in tools:  # first: it takes longest to be ready
+            await self._start_jupyter()
         web = await serve(
             self._terminal,
             self.config.bind,
@@ -146,8 +156,6 @@ class Agent:
             )
             servers.append(sshd)
             self.ports["ssh"] = sshd.sockets[0].getsockname()[1]
-        if "jupyter" in tools:
-            await self._start_jupyter()
         if "vscode" in tools:
             await self._start_code_server()
         host = self.config.bind
@@ -176,8 +184,8 @@ class Agent:
         self.ports["jupyter"] = port
         argv = [
             self.config.python,
-            "-m",
-            "jupyterlab",
+            "-c",
+            JUPYTERLAB,
             "--no-browser",
             f"--ServerApp.ip={self.config.bind}",
             f"--ServerApp.port={port}",

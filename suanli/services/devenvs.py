@@ -178,7 +178,7 @@ class Entry:
 
 
 def enter(session: Session, actor: Actor, env_id: int, tool: str, settings: Settings) -> Entry:
-    job = get(session, actor, env_id)
+    job = jobs.get_job(session, actor, env_id, kind=KIND, history=False)
     may_enter(session, actor, job)
     return _entry(job, tool, settings)
 

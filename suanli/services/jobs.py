@@ -152,8 +152,12 @@ def get_job(
     job_id: int,
     need: ProjectRole = ProjectRole.viewer,
     kind: str = "job",
+    history: bool = True,
 ) -> Job:
-    job = session.get(Job, job_id, options=[selectinload(Job.project), selectinload(Job.events)])
+    """The job if the actor may see it; with its history loaded unless told otherwise (the
+    proxy asks on every request and needs none)."""
+    options = [selectinload(Job.project), *([selectinload(Job.events)] if history else [])]
+    job = session.get(Job, job_id, options=options)
     missing = NotFound(f"error.{kind}_not_found", id=job_id)
     if job is None or job.kind != kind:
         raise missing
