@@ -36,11 +36,10 @@ from suanli.controllers.notifier import NotifierController
 from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
-from suanli.devenvs import proxy
-from suanli.devenvs.gateway import Gateway
+from suanli.gateway import Gateway
 from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
 from suanli.services import accounts
-from suanli.web import console, docs
+from suanli.web import console, docs, proxy
 
 API_PREFIX = "/api/v1"
 log = logging.getLogger("suanli")

@@ -26,7 +26,7 @@ from suanli.i18n import DEFAULT_LANGUAGE, translate
 from suanli.services import devenvs, sshkeys
 from suanli.services.devenvs import Entry
 
-log = logging.getLogger("suanli.devenvs.gateway")
+log = logging.getLogger("suanli.gateway")
 
 
 class Gateway:

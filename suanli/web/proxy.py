@@ -34,7 +34,7 @@ from suanli.services.actor import Actor
 from suanli.services.devenvs import Entry
 from suanli.web import session as web_session
 
-log = logging.getLogger("suanli.devenvs.proxy")
+log = logging.getLogger("suanli.web.proxy")
 PREFIX = "/x"
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Hop-by-hop headers (RFC 9110 7.6.1) and what the proxy sets itself.
