@@ -457,3 +457,18 @@ def test_project_lifetime_ends_environments(team: Team) -> None:
         what="the environment to reach its lifetime",
     )
     assert ended["exit"]["reason"] == "timeout"
+
+
+def test_the_gateway_host_key_lives_in_the_data_directory(
+    server: "RunningServer", notebook: dict, alice_key: asyncssh.SSHKey
+) -> None:
+    """Users' clients remember the server's key: it is the one kept in the data directory
+    (created once, mode 600), so a restarted server presents the same."""
+    stored = server.data_dir / "ssh" / "host_ed25519_key"
+    assert stored.stat().st_mode & 0o777 == 0o600
+
+    async def presented() -> bytes:
+        async with _ssh(notebook, notebook["name"], alice_key) as conn:
+            return conn.get_server_host_key().public_data
+
+    assert asyncio.run(presented()) == asyncssh.read_private_key(stored).public_data
