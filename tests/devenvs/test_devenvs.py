@@ -5,6 +5,8 @@ and SSH, all reached only through the server (its proxy and its SSH gateway), by
 import asyncio
 import json
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +37,20 @@ def unique(prefix: str) -> str:
 def server(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Any
 ) -> Iterator["RunningServer"]:
+    base = tmp_path_factory.mktemp("devenvs")
+    # An environment an administrator prepared: a venv (the server's packages visible).
+    prepared = base / "envs" / "plain"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(prepared)],
+        check=True,
+    )
     env = {
         "SUANLI_SIMULATED_GPUS": SIMULATED_A100S,
+        "SUANLI_DEVENV_ENVIRONMENTS": json.dumps({"plain": str(prepared)}),
         "SUANLI_DEVENV_CHECK_INTERVAL_SECONDS": "0.5",
         "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
-    running = launch_server(tmp_path_factory.mktemp("devenvs"), env)
+    running = launch_server(base, env)
     yield running
     running.stop()
 
@@ -472,3 +482,31 @@ def test_the_gateway_host_key_lives_in_the_data_directory(
             return conn.get_server_host_key().public_data
 
     assert asyncio.run(presented()) == asyncssh.read_private_key(stored).public_data
+
+
+def test_a_prepared_python_environment(
+    server: "RunningServer", team: Team, alice_key: asyncssh.SSHKey
+) -> None:
+    env = create(team.alice, team.project, tools=["ssh"], environment="plain")
+    running = wait_for(
+        lambda: (e := show(team.alice, env["id"]))["state"] == "running" and e, what="running"
+    )
+    prefix = str(server.data_dir.parent / "envs" / "plain")
+
+    async def where() -> list[str]:
+        async with _ssh(running, running["name"], alice_key) as conn:
+            return (await conn.run("echo $VIRTUAL_ENV; command -v python")).stdout.split()
+
+    assert wait_for(lambda: _try(lambda: asyncio.run(where())), what="ssh") == [
+        prefix,
+        f"{prefix}/bin/python",
+    ]
+    team.alice.request("POST", f"devenvs/{env['id']}/stop")
+
+
+def _try(action: Any) -> Any:
+    """The action's result, or None while it fails (a tool still starting)."""
+    try:
+        return action()
+    except (OSError, asyncssh.Error):
+        return None
