@@ -10,6 +10,7 @@ history. The project's maximum lifetime needs nothing here: it is the environmen
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 from sqlalchemy import select
@@ -47,7 +48,7 @@ class DevEnvController:
             (row.id, timeout)
             for row in rows
             if (timeout := row.spec.get("idle_timeout"))
-            and now - self._last_use(row.id, row.secret, row.started_at.timestamp()) >= timeout
+            and now - self._last_use(row.id, row.secret, _timestamp(row.started_at, now)) >= timeout
         ]
         if not idle:
             return
@@ -75,3 +76,7 @@ class DevEnvController:
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
             log.warning("dev environment %s: no activity from its agent (%s)", env_id, error)
             return time.time()  # unknown is not idle: never stop work on a failed probe
+
+
+def _timestamp(moment: datetime | None, default: float) -> float:
+    return moment.timestamp() if moment else default

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -87,7 +88,7 @@ def _check_choices(spec: DevEnvSpec, settings: Settings, on_engine: bool) -> Non
 
 def _limited(spec: DevEnvSpec, project: Project, settings: Settings) -> dict[str, object]:
     """The spec as kept: idle timeout and lifetime resolved against the server's and the
-    project's limits as they are now (a restart resolves them again)."""
+    project's limits as they are now."""
     lifetime = project.quota.devenv_max_lifetime_seconds
     if lifetime and spec.max_duration and spec.max_duration > lifetime:
         raise InvalidInput(
@@ -96,6 +97,14 @@ def _limited(spec: DevEnvSpec, project: Project, settings: Settings) -> dict[str
     data = spec.model_dump(mode="json")
     data["max_duration"] = spec.max_duration or lifetime or None
     data["idle_timeout"] = spec.idle_timeout or settings.devenv_idle_timeout_seconds or None
+    return data
+
+
+def _relimited(data: dict[str, Any], project: Project) -> dict[str, Any]:
+    """A restart keeps what was chosen, within the project's lifetime as it is now."""
+    lifetime = project.quota.devenv_max_lifetime_seconds
+    if lifetime:
+        data = {**data, "max_duration": min(data.get("max_duration") or lifetime, lifetime)}
     return data
 
 
@@ -118,15 +127,14 @@ def stop(session: Session, actor: Actor, env_id: int) -> Job:
     return jobs.cancel(session, actor, env_id, kind=KIND)
 
 
-def restart(session: Session, actor: Actor, env_id: int, settings: Settings) -> Job:
+def restart(session: Session, actor: Actor, env_id: int) -> Job:
     """Start a stopped environment again in place: same id, name, URLs and SSH name."""
     job = get(session, actor, env_id)
     jobs.may_manage(session, actor, job)
     writable(job.project)
     if not State(job.state).terminal:
         raise Conflict("error.devenv_not_stopped", name=job.name, state=job.state)
-    spec = DevEnvSpec.model_validate({**job.spec, "project": job.project.name})
-    job.spec = _limited(spec.model_copy(update={"max_duration": None}), job.project, settings)
+    job.spec = _relimited(dict(job.spec), job.project)
     job.handle, job.placement, job.secret = None, None, ""
     job.stop_reason, job.stop_sent_at = "", None
     job.exit_reason, job.exit_code, job.exit_signal, job.exit_detail = "", None, None, ""

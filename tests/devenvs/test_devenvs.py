@@ -413,7 +413,7 @@ def test_names_are_the_users_own(team: Team) -> None:
 
 
 def test_stop_restart_remove(server: "RunningServer", team: Team) -> None:
-    env = create(team.bob, team.project, tools=["terminal"])
+    env = create(team.bob, team.project, tools=["terminal"], max_duration="2h")
     wait_for(lambda: show(team.bob, env["id"])["state"] == "running", what="running")
     with pytest.raises(ApiError) as busy:
         team.bob.request("POST", f"devenvs/{env['id']}/restart")
@@ -425,6 +425,7 @@ def test_stop_restart_remove(server: "RunningServer", team: Team) -> None:
         lambda: (e := show(team.bob, env["id"]))["state"] == "running" and e, what="again"
     )
     assert again["attempts"] == 2
+    assert again["max_duration_seconds"] == 7200  # what was chosen, kept
     assert any("Restarted by" in event["detail"] for event in again["history"])
     with pytest.raises(ApiError) as running:
         team.bob.request("DELETE", f"devenvs/{env['id']}")

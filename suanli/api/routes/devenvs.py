@@ -79,10 +79,10 @@ def stop(
 
 @router.post("/{env_id}/restart", response_model=DevEnvDetailOut)
 def restart(
-    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
+    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep
 ) -> DevEnvDetailOut:
     """Start a stopped environment again, in place (same id, URLs and SSH name)."""
-    job = devenvs.restart(session, caller.actor, env_id, settings)
+    job = devenvs.restart(session, caller.actor, env_id)
     request.app.state.wake()
     return _detail(request, job, caller)
 

@@ -253,11 +253,10 @@ async def stop_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Respon
 @router.post("/devenvs/{env_id}/restart")
 async def restart_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
     values = forms.fields(await request.form())
-    settings = request.app.state.settings
 
     def restart() -> None:
         with get_database(request).writing() as db:
-            devenvs.restart(db, viewer.actor, env_id, settings)
+            devenvs.restart(db, viewer.actor, env_id)
 
     await to_thread.run_sync(restart)
     request.app.state.wake()
