@@ -12,7 +12,10 @@ One real `suanli server` (local backend, 8 simulated A100s, SSH gateway on a fre
    the 2 cores JupyterLab starts on), → the first 200 through the proxy. Each environment
    is stopped and deleted after. For comparison, interleaved: plain JupyterLab started by
    hand with the agent's options, spawn → first 200 on its own port; and what a fresh
-   interpreter spends importing JupyterLab and the agent (`-X importtime`).
+   interpreter spends importing JupyterLab and the agent (`-X importtime`). Both start
+   JupyterLab as installed (`-m jupyterlab`, `import jupyterlab.labapp`: rfc3987_syntax
+   included), not through the agent's launcher (`agent.JUPYTERLAB`): the difference is what
+   the launcher saves.
 2. **proxy overhead on HTTP**: a 1 MiB file in the workdir, fetched through the proxy
    (`/x/<id>/jupyter/files/<name>`, bearer token) and straight from JupyterLab's port (from
    `endpoints.json`, with the environment's token read from the database: the bench only),
@@ -166,7 +169,9 @@ class Bench:
 
 
 def plain_jupyter(workdir: Path) -> float:
-    """JupyterLab alone, with the agent's options: spawn → first 200 of /api/status."""
+    """JupyterLab alone, with the agent's options: spawn → first 200 of /api/status. Started
+    as installed (`-m jupyterlab`), not through the agent's launcher that skips importing
+    rfc3987_syntax: kept so, to show what the launcher saves."""
     port = free_port()
     token = "plain-bench-token"
     argv = [
