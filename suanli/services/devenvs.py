@@ -194,8 +194,10 @@ def enter(session: Session, actor: Actor, env_id: int, tool: str, settings: Sett
 def _entry(job: Job, tool: str, settings: Settings) -> Entry:
     if tool not in job.spec.get("tools", ()):
         raise NotFound("error.devenv_tool_off", name=job.name, tool=tool)
-    if job.state != State.running:
+    if State(job.state).terminal:
         raise Conflict("error.devenv_not_running", name=job.name, state=job.state)
+    if job.state != State.running:  # on its way: the browser may look again shortly
+        raise Unavailable("error.devenv_starting", name=job.name)
     where = endpoints.read(folder(settings, job.id))
     if where is None or tool not in where.ports:
         raise Unavailable("error.devenv_starting", name=job.name)
