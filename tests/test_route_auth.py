@@ -19,6 +19,10 @@ PUBLIC = {
 }
 # Mounted, not routed: the vendored static files (scripts and styles, no data).
 PUBLIC_MOUNTS = {"/static"}
+# The dev environments' proxy: its websockets check the caller themselves (tests/devenvs),
+# and its HTTP side takes no CSRF token (the tools' own pages send their requests; the
+# SameSite=Lax cookie and the Origin check keep other sites out).
+PROXY = "/x/{env_id:int}/{tool}/{path:path}"
 
 
 def routes(app):
@@ -57,7 +61,7 @@ def test_every_console_page_but_login_needs_a_session_and_every_form_a_csrf_toke
     anonymous_csrf = "a" * 32
     checked = 0
     for route in routes(app):
-        if not is_console(route.path) or route.path == "/docs":
+        if not is_console(route.path) or route.path in ("/docs", PROXY):
             continue
         for method in sorted(route.methods - {"HEAD"}):
             path = re.sub(r"\{(job_id|token_id)\}", "1", route.path)
@@ -87,7 +91,20 @@ def test_every_console_page_but_login_needs_a_session_and_every_form_a_csrf_toke
 def test_only_static_files_are_mounted(app_and_database) -> None:
     app, _ = app_and_database
     mounts = {r.path for r in iter_route_contexts(app.routes) if not r.methods}
-    assert mounts == PUBLIC_MOUNTS
+    assert mounts == PUBLIC_MOUNTS | {PROXY}  # the proxy's websocket route
+
+
+def test_the_proxy_lets_nobody_through_anonymously_or_from_elsewhere(app_and_database) -> None:
+    app, _ = app_and_database
+    client = TestClient(app, follow_redirects=False)
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        response = client.request(method, "/x/1/jupyter/api/kernels")
+        assert response.status_code == 303, method  # to the login page, never to a tool
+        assert response.headers["location"].startswith("/login")
+        foreign = client.request(
+            method, "/x/1/jupyter/api/kernels", headers={"Origin": "https://evil.example"}
+        )
+        assert foreign.status_code == (303 if method == "GET" else 403), method
 
 
 def test_the_public_list_is_not_stale(app_and_database) -> None:
