@@ -21,7 +21,9 @@ EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # body may rightly get 422 here (the wrong current password, a password equal to the user
 # name, a quota whose maximum is below its guarantee, a job no node could ever run, a job
 # with both a command and a script, an alert rule on an unknown metric, a channel whose URL
-# does not suit its kind, a time range beyond a year written as "9999h").
+# does not suit its kind, a time range beyond a year written as "9999h", a dev environment
+# naming an unknown Python environment or an idle timeout of "0", text that is not an SSH
+# public key).
 RULES_BEYOND_THE_SCHEMA = {
     "POST /api/v1/alerts/rules",
     "PATCH /api/v1/alerts/rules/{rule_id}",
@@ -29,6 +31,8 @@ RULES_BEYOND_THE_SCHEMA = {
     "PATCH /api/v1/alerts/channels/{channel_id}",
     "GET /api/v1/metrics/query",
     "POST /api/v1/jobs",
+    "POST /api/v1/devenvs",
+    "POST /api/v1/me/ssh-keys",
     "POST /api/v1/me/password",
     "POST /api/v1/users",
     "POST /api/v1/users/{name}/password",
