@@ -88,6 +88,8 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
 @schema.parametrize()
+# One test walks every operation (subtests): the limit is for all of them together.
+@pytest.mark.timeout(300)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
