@@ -3,7 +3,9 @@
     pending → admitted → starting → running → succeeded | failed | cancelled
 
 A preempted or retried workload goes back to pending. Anything not yet running may be
-cancelled; admitted and starting may fail (launch error).
+cancelled; admitted and starting may fail (launch error). A stopped dev environment may be
+restarted in place: from its end state back to pending (services.devenvs.restart), keeping
+its id, name and URLs.
 """
 
 from enum import StrEnum
