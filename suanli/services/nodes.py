@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from suanli.core.errors import NotFound
+from suanli.db.engine import Database
 from suanli.db.models import GpuDevice, Node, utcnow
 from suanli.gpu.model import Host
 from suanli.scheduler import model as sched
@@ -53,6 +54,14 @@ def record_inventory(session: Session, backend: str, hosts: Sequence[Host]) -> N
 def list_nodes(session: Session) -> Sequence[Node]:
     """Every signed-in user may see the nodes and GPUs: what is free is no secret."""
     return session.scalars(select(Node).options(selectinload(Node.gpus)).order_by(Node.name)).all()
+
+
+def inventory(database: Database) -> tuple[sched.Node, ...]:
+    """The nodes for a feasibility check at submit, read in a short transaction of their own
+    before the request's write transaction begins: SQLite's write lock is not held while
+    they load."""
+    with database.reading() as session:
+        return scheduler_nodes(session)
 
 
 def scheduler_nodes(session: Session) -> tuple[sched.Node, ...]:

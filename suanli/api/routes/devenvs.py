@@ -13,7 +13,7 @@ from suanli.schemas.jobs import LogQuery
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
 from suanli.services import devenvs, jobs
-from suanli.services.nodes import scheduler_nodes
+from suanli.services.nodes import inventory
 
 router = APIRouter(prefix="/devenvs", tags=["devenvs"])
 EnvId = Annotated[int, Path(ge=1, le=MAX_INT32)]
@@ -36,8 +36,7 @@ def create(
 ) -> DevEnvDetailOut:
     """Create a dev environment: it waits for its resources like a job, then runs until
     stopped, idle for its `idle_timeout`, or at its project's maximum lifetime."""
-    with get_database(request).reading() as reader:
-        nodes = scheduler_nodes(reader)
+    nodes = inventory(get_database(request))
     job = devenvs.create(
         session, caller.actor, spec, nodes, settings, on_engine=request.app.state.on_engine
     )

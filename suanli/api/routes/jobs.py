@@ -7,7 +7,6 @@ from fastapi import APIRouter, Path, Query, Request
 from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
 from suanli.api.outputs import detail_out, job_out
 from suanli.api.problems import language_of
-from suanli.scheduler.model import Node
 from suanli.schemas.jobs import (
     JobDetailOut,
     JobListQuery,
@@ -19,17 +18,10 @@ from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs
 from suanli.services.jobs import log_path
-from suanli.services.nodes import scheduler_nodes
+from suanli.services.nodes import inventory
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
-
-
-def _nodes(request: Request) -> tuple[Node, ...]:
-    """The inventory for the feasibility check, read before the request's write transaction
-    begins, so that SQLite's write lock is not held while it loads."""
-    with get_database(request).reading() as session:
-        return scheduler_nodes(session)
 
 
 @router.post("", response_model=JobDetailOut, status_code=201)
@@ -38,7 +30,9 @@ def submit(
 ) -> JobDetailOut:
     """Submit a job. One that no node could ever run is refused (422, naming the resource);
     one above the project's quota is accepted and waits, saying why."""
-    job = jobs.submit(session, caller.actor, spec, _nodes(request), settings.unix_users)
+    job = jobs.submit(
+        session, caller.actor, spec, inventory(get_database(request)), settings.unix_users
+    )
     request.app.state.wake()
     return detail_out(job, language_of(request))
 
@@ -75,7 +69,9 @@ def resubmit(
     job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
 ) -> JobDetailOut:
     """Submit the same spec again, as you."""
-    job = jobs.resubmit(session, caller.actor, job_id, _nodes(request), settings.unix_users)
+    job = jobs.resubmit(
+        session, caller.actor, job_id, inventory(get_database(request)), settings.unix_users
+    )
     request.app.state.wake()
     return detail_out(job, language_of(request))
 

@@ -131,8 +131,7 @@ def _check(request: Request, values: dict[str, str]) -> tuple[JobSpec | None, fo
         return None, {error.field: translate(error.key, language, **error.params)}
     except ValidationError as error:
         return None, forms.errors_of(error, language)
-    with get_database(request).reading() as reading:
-        inventory = nodes.scheduler_nodes(reading)
+    inventory = nodes.inventory(get_database(request))
     try:
         jobs.check_runnable(spec, inventory)
     except InvalidInput as error:
@@ -162,8 +161,7 @@ def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Respons
     if spec is not None and not errors:
         unix_users = request.app.state.settings.unix_users
         try:
-            with database.reading() as reading:
-                inventory = nodes.scheduler_nodes(reading)
+            inventory = nodes.inventory(database)
             with database.writing() as db:
                 job_id = jobs.submit(db, viewer.actor, spec, inventory, unix_users).id
         except SuanliError as error:
@@ -214,8 +212,7 @@ def cancel_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDe
 def resubmit_job(
     job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> Response:
-    with get_database(request).reading() as reading:
-        inventory = nodes.scheduler_nodes(reading)
+    inventory = nodes.inventory(get_database(request))
     job = jobs.resubmit(db, viewer.actor, job_id, inventory, settings.unix_users)
     request.app.state.wake()
     return render.redirect(f"/jobs/{job.id}", flash="web.flash.resubmitted")
