@@ -9,6 +9,7 @@ stopping, restarting and removing for its owner, the project's owners and admini
 environment that does not exist.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -34,6 +35,7 @@ from suanli.schemas.devenvs import (
 )
 from suanli.schemas.types import MAX_INT32
 from suanli.services import devenvs, jobs, nodes, projects, sshkeys
+from suanli.services.actor import Actor
 from suanli.services.jobs import log_path
 from suanli.web import forms, render, session
 from suanli.web.routes.jobs import LOG_CHUNK, log_stream, resume_offset
@@ -185,8 +187,7 @@ def _create(request: Request, viewer: Viewer, values: dict[str, str], tools: lis
         errors, status = forms.refused(request, error)
     else:
         try:
-            with database.reading() as reading:
-                inventory = nodes.scheduler_nodes(reading)
+            inventory = nodes.inventory(database)
             with database.writing() as db:
                 env_id = devenvs.create(
                     db, viewer.actor, spec, inventory, state.settings, on_engine=state.on_engine
@@ -239,28 +240,31 @@ def _back(values: dict[str, str], env_id: int) -> str:
 
 @router.post("/devenvs/{env_id}/stop")
 async def stop_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
-    values = forms.fields(await request.form())
-
-    def stop() -> None:
-        with get_database(request).writing() as db:
-            devenvs.stop(db, viewer.actor, env_id)
-
-    await to_thread.run_sync(stop)
-    request.app.state.wake()
-    return render.redirect(_back(values, env_id), flash="web.flash.devenv_stopping")
+    return await _act(request, viewer, env_id, devenvs.stop, "web.flash.devenv_stopping")
 
 
 @router.post("/devenvs/{env_id}/restart")
 async def restart_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
+    return await _act(request, viewer, env_id, devenvs.restart, "web.flash.devenv_restarted")
+
+
+async def _act(
+    request: Request,
+    viewer: Viewer,
+    env_id: int,
+    action: Callable[[Session, Actor, int], object],
+    flash: str,
+) -> Response:
+    """Stop or restart, then back where the button was (the form says where: `next`)."""
     values = forms.fields(await request.form())
 
-    def restart() -> None:
+    def act() -> None:
         with get_database(request).writing() as db:
-            devenvs.restart(db, viewer.actor, env_id)
+            action(db, viewer.actor, env_id)
 
-    await to_thread.run_sync(restart)
+    await to_thread.run_sync(act)
     request.app.state.wake()
-    return render.redirect(_back(values, env_id), flash="web.flash.devenv_restarted")
+    return render.redirect(_back(values, env_id), flash=flash)
 
 
 @router.post("/devenvs/{env_id}/remove")
