@@ -56,19 +56,14 @@ class Gateway:
             await self.server.wait_closed()
 
     def lookup(self, login: str, key: asyncssh.SSHKey) -> tuple[Entry | None, str]:
-        """The environment the login names, if the key's owner may enter it; else why not,
-        in the owner's language (empty for a key nobody registered: say nothing)."""
+        """The environment the login names if the key's owner may enter it, and the owner's
+        language (empty for a key nobody registered: nothing is said to its holder)."""
         with self.database.writing() as session:
             user = sshkeys.owner_of(session, key)
             if user is None:
                 return None, ""
             entry = devenvs.ssh_entry(session, user, login, self.settings)
-            why = (
-                ""
-                if entry
-                else translate("ssh.no_environment", user.language or DEFAULT_LANGUAGE, login=login)
-            )
-            return entry, why
+            return entry, user.language or DEFAULT_LANGUAGE
 
 
 class _Connection(asyncssh.SSHServer):
@@ -78,6 +73,7 @@ class _Connection(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.entry: Entry | None = None
+        self.language = DEFAULT_LANGUAGE  # the signed-in user's, for what is said to them
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
 
@@ -98,13 +94,14 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        entry, why = await asyncio.to_thread(self.gateway.lookup, username, key)
+        entry, language = await asyncio.to_thread(self.gateway.lookup, username, key)
         if entry is None:
             log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), username)
-            if why and self.conn is not None:
-                self.conn.send_auth_banner(why + "\r\n")
+            if language and self.conn is not None:
+                banner = translate("ssh.no_environment", language, login=username)
+                self.conn.send_auth_banner(banner + "\r\n")
             return False
-        self.entry = entry
+        self.entry, self.language = entry, language
         return True
 
     def session_requested(self) -> "_Relay":
@@ -193,7 +190,10 @@ class _Relay(asyncssh.SSHServerSession[bytes]):
                 lambda: _Back(self), encoding=None, **self.request
             )
         except (OSError, asyncssh.Error) as error:
-            message = f"suanli: the environment did not answer ({error})\r\n"
+            message = translate(
+                "ssh.environment_unreachable", self.owner.language, error=str(error)
+            )
+            message += "\r\n"
             self.chan.write_stderr(message.encode())
             self.chan.exit(255)
             return

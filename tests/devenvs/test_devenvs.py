@@ -344,6 +344,34 @@ def test_ssh_refuses_wrong_keys_and_other_peoples_environments(
     asyncio.run(refused(notebook["name"], bobs))  # bob has no environment of that name
     asyncio.run(refused(f"{notebook['name']}.{team.names['alice']}", bobs))  # alice's: not his
     asyncio.run(refused("no-such-env", alice_key))
+    # A registered key's owner is told why, in their language; a stranger's key hears nothing.
+    assert asyncio.run(_banners(notebook, "no-such-env", alice_key)) == [
+        'Suanli: there is no running dev environment "no-such-env" that you may enter '
+        "(see `suanli envs list`).\r\n"
+    ]
+    assert asyncio.run(_banners(notebook, notebook["name"], stranger)) == []
+
+
+async def _banners(env: dict, login: str, key: asyncssh.SSHKey) -> list[str]:
+    heard: list[str] = []
+
+    class Listener(asyncssh.SSHClient):
+        def auth_banner_received(self, msg: str, lang: str) -> None:
+            heard.append(msg)
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with asyncssh.connect(
+            env["ssh"]["host"],
+            env["ssh"]["port"],
+            username=login,
+            client_keys=[key],
+            known_hosts=None,
+            agent_path=None,
+            config=(),
+            client_factory=Listener,
+        ):
+            pass
+    return heard
 
 
 def test_ssh_keys_bad_input(team: Team, alice_key: asyncssh.SSHKey) -> None:
