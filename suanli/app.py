@@ -86,6 +86,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.proxy_client = proxy.new_client()
         gateway = None
         if runtime is not None:
             runtime.start()
@@ -100,8 +101,7 @@ def create_app(
         yield
         if gateway is not None:
             await gateway.close()
-        if getattr(app.state, "proxy_client", None) is not None:
-            await app.state.proxy_client.aclose()
+        await app.state.proxy_client.aclose()
         if runtime is not None:
             runtime.stop()
         database.dispose()

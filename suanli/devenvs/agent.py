@@ -161,7 +161,7 @@ class Agent:
         host = self.config.bind
         if host in ("0.0.0.0", "::"):  # noqa: S104 - a cluster node: the server uses its name
             host = socket.getfqdn()
-        where = Endpoints(host=host, ports=self.ports, ssh_host_key=host_key, pid=os.getpid())
+        where = Endpoints(host=host, ports=self.ports, ssh_host_key=host_key)
         endpoints.write(self.folder, where)
         say(f"ready: {', '.join(f'{t} on port {p}' for t, p in sorted(self.ports.items()))}")
         await self.stopping.wait()

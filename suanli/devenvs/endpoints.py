@@ -12,7 +12,6 @@ from typing import Any
 # before it starts anything, so the users' shells never see the tools' token.
 CONFIG_VARIABLE = "SUANLI_DEVENV_CONFIG"
 ENDPOINTS_FILE = "endpoints.json"
-TOOLS = ("jupyter", "terminal", "vscode", "ssh")
 
 
 def source_root() -> str:
@@ -58,7 +57,6 @@ class Endpoints:
     host: str  # where the server reaches the tools
     ports: dict[str, int] = field(default_factory=dict)  # tool → port
     ssh_host_key: str = ""  # the agent's sshd host key (OpenSSH public key line)
-    pid: int = 0
 
     def url(self, tool: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -79,7 +77,6 @@ def read(folder: Path) -> Endpoints | None:
             host=str(data["host"]),
             ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
             ssh_host_key=str(data.get("ssh_host_key", "")),
-            pid=int(data.get("pid", 0)),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

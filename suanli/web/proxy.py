@@ -63,16 +63,13 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def client(app_state: object) -> httpx.AsyncClient:
-    """One connection pool for every proxied request of the process."""
-    pool = getattr(app_state, "proxy_client", None)
-    if pool is None:
-        pool = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None),  # a long download, a slow kernel
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-        )
-        app_state.proxy_client = pool  # type: ignore[attr-defined]
-    return pool
+def new_client() -> httpx.AsyncClient:
+    """One connection pool for every proxied request of the process (the app's lifespan
+    opens and closes it)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, read=None),  # a long download, a slow kernel
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+    )
 
 
 def _caller(connection: HTTPConnection) -> Actor:
@@ -150,7 +147,7 @@ async def http_endpoint(request: Request) -> Response:
     if tool == "terminal":  # the terminal is a websocket only
         raise Forbidden("error.forbidden")
     has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    pool = client(request.app.state)
+    pool: httpx.AsyncClient = request.app.state.proxy_client
     outgoing = pool.build_request(
         request.method,
         _target(entry, tool, request, "http"),

@@ -11,7 +11,7 @@ environment that does not exist.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, get_args
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request
@@ -44,7 +44,7 @@ from suanli.web.session import Viewer
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
 ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
 EnvId = Annotated[int, Path(ge=1, le=MAX_INT32)]
-TOOLS: tuple[Tool, ...] = ("jupyter", "terminal", "vscode", "ssh")
+TOOLS: tuple[Tool, ...] = get_args(Tool)
 STATES = ("active", "finished")
 # A page opens on the end of a long-running environment's log, not its first line.
 LOG_TAIL_LINES = 200
