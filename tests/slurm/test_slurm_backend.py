@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from slurmcluster import Cluster, running_cluster
+from waiting import attempt
 
 from suanli.backends.slurm.backend import slurm_environment
 from suanli.backends.slurm.client import RestClient, Tokens
@@ -479,7 +480,8 @@ def test_a_dev_environment_runs_as_a_slurm_job_and_is_reached_on_its_node(suanli
                 seen += json.loads(await asyncio.wait_for(socket.recv(), 10))[1]
             return seen
 
-    seen = wait_for(lambda: _try(lambda: asyncio.run(terminal())), 60, "the terminal")
+    opened = lambda: attempt(lambda: asyncio.run(terminal()), (Exception,))  # noqa: E731
+    seen = wait_for(opened, 60, "the terminal")
     assert f"user={ALICE} job={slurm_job['job_id']}" in seen
 
     async def ssh() -> Any:
@@ -503,11 +505,3 @@ def test_a_dev_environment_runs_as_a_slurm_job_and_is_reached_on_its_node(suanli
         "the environment to stop",
     )
     assert stopped["exit"]["reason"] == "cancelled"
-
-
-def _try(action: Callable[[], Any]) -> Any:
-    """The action's result, or None while it fails (a tool still starting)."""
-    try:
-        return action()
-    except Exception:  # any failure here means "not yet"
-        return None
