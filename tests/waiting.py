@@ -1,7 +1,9 @@
-"""Waiting in tests for what the server does in the background."""
+"""Waiting in tests for what the server does in the background, and running a coroutine."""
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -23,3 +25,10 @@ def attempt(action: Callable[[], Any], errors: tuple[type[Exception], ...]) -> A
         return action()
     except errors:
         return None
+
+
+def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run in a thread of its own: once the console tests' Playwright (sync API) has
+    started, an event loop runs in the main thread for the rest of the session."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()

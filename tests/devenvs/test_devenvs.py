@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 import httpx
 import pytest
-from waiting import attempt, wait_for
+from waiting import attempt, run_async, wait_for
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -132,7 +132,7 @@ def test_jupyterlab_runs_code_through_the_proxy(
     kernel = httpx.post(f"{base}/api/kernels", headers=bearer(team.alice), json={}, timeout=30)
     assert kernel.status_code == 201, kernel.text
     code = "import os; print(6 * 7, os.environ['CUDA_VISIBLE_DEVICES'], os.getcwd())"
-    output = asyncio.run(_execute(server, team.alice, env_id, kernel.json()["id"], code))
+    output = run_async(_execute(server, team.alice, env_id, kernel.json()["id"], code))
     words = output.split()
     assert words[0] == "42"
     assert words[1].startswith("GPU-sim-")  # the environment's one simulated GPU
@@ -190,11 +190,11 @@ def test_only_the_owner_enters(server: "RunningServer", team: Team, notebook: di
     url = server.url.replace("http://", "ws://") + f"/x/{notebook['id']}/terminal/ws"
     for headers in (bearer(team.eve), bearer(team.bob), {}):
         with pytest.raises(InvalidStatus):
-            asyncio.run(_open(url, headers))
+            run_async(_open(url, headers))
     # A foreign site cannot drive it with the user's session.
     foreign = {**bearer(team.alice), "Origin": "https://evil.example"}
     with pytest.raises(InvalidStatus):
-        asyncio.run(_open(url, foreign))
+        run_async(_open(url, foreign))
     refused = httpx.post(server.url + path.replace("status", "kernels"), headers=foreign, json={})
     assert refused.status_code == 403
 
@@ -207,7 +207,7 @@ async def _open(url: str, headers: dict[str, str]) -> None:
 def _opens(url: str, headers: dict[str, str]) -> bool:
     """Whether it lets us in (a tool still starting refuses too, for a moment)."""
     try:
-        asyncio.run(_open(url, headers))
+        run_async(_open(url, headers))
     except InvalidStatus:
         return False
     return True
@@ -221,7 +221,7 @@ def test_project_owners_enter_only_where_the_project_allows(
     path = f"{server.url}/x/{env['id']}/terminal/ws"
     url = path.replace("http://", "ws://")
     with pytest.raises(InvalidStatus):
-        asyncio.run(_open(url, bearer(team.alice)))  # owner of the project, not allowed yet
+        run_async(_open(url, bearer(team.alice)))  # owner of the project, not allowed yet
     team.alice.request("PATCH", f"projects/{team.project}", json={"owners_open_devenvs": True})
     try:
         wait_for(lambda: _opens(url, bearer(team.alice)), what="the owner to get in")
@@ -230,7 +230,7 @@ def test_project_owners_enter_only_where_the_project_allows(
         login = f"{env['name']}.{team.names['bob']}"
         assert seen["ssh"]["user"] == login and f"User {login}" in seen["ssh"]["config"]
         assert show(team.bob, env["id"])["ssh"]["user"] == env["name"]
-        assert asyncio.run(_whoami(seen, login, alice_key)) == team.names["bob"]
+        assert run_async(_whoami(seen, login, alice_key)) == team.names["bob"]
         with pytest.raises(ApiError) as refused:  # the switch is the owners', not members'
             team.bob.request(
                 "PATCH", f"projects/{team.project}", json={"owners_open_devenvs": False}
@@ -263,7 +263,7 @@ def test_web_terminal_over_the_proxy(server: "RunningServer", team: Team, notebo
                 seen += frame[1]
             return seen
 
-    assert "42 GPU-sim-" in asyncio.run(session())
+    assert "42 GPU-sim-" in run_async(session())
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def test_ssh_runs_commands_in_the_environment(
             await conn.run("pkill -f 'http.server 0 --bind 127.0.0.1'")
             return result, terminal, answer
 
-    result, terminal, answer = asyncio.run(session())
+    result, terminal, answer = run_async(session())
     gpu, cwd = result.stdout.split()
     assert gpu.startswith("GPU-sim-") and cwd == str(notebook["workdir"])
     assert result.exit_status == 3
@@ -340,16 +340,16 @@ def test_ssh_refuses_wrong_keys_and_other_peoples_environments(
             async with _ssh(notebook, login, key):
                 pass
 
-    asyncio.run(refused(notebook["name"], stranger))  # a key nobody registered
-    asyncio.run(refused(notebook["name"], bobs))  # bob has no environment of that name
-    asyncio.run(refused(f"{notebook['name']}.{team.names['alice']}", bobs))  # alice's: not his
-    asyncio.run(refused("no-such-env", alice_key))
+    run_async(refused(notebook["name"], stranger))  # a key nobody registered
+    run_async(refused(notebook["name"], bobs))  # bob has no environment of that name
+    run_async(refused(f"{notebook['name']}.{team.names['alice']}", bobs))  # alice's: not his
+    run_async(refused("no-such-env", alice_key))
     # A registered key's owner is told why, in their language; a stranger's key hears nothing.
-    assert asyncio.run(_banners(notebook, "no-such-env", alice_key)) == [
+    assert run_async(_banners(notebook, "no-such-env", alice_key)) == [
         'Suanli: there is no running dev environment "no-such-env" that you may enter '
         "(see `suanli envs list`).\r\n"
     ]
-    assert asyncio.run(_banners(notebook, notebook["name"], stranger)) == []
+    assert run_async(_banners(notebook, notebook["name"], stranger)) == []
 
 
 async def _banners(env: dict, login: str, key: asyncssh.SSHKey) -> list[str]:
@@ -510,7 +510,7 @@ def test_the_gateway_host_key_lives_in_the_data_directory(
         async with _ssh(notebook, notebook["name"], alice_key) as conn:
             return conn.get_server_host_key().public_data
 
-    assert asyncio.run(presented()) == asyncssh.read_private_key(stored).public_data
+    assert run_async(presented()) == asyncssh.read_private_key(stored).public_data
 
 
 def test_a_prepared_python_environment(
@@ -527,7 +527,7 @@ def test_a_prepared_python_environment(
             return (await conn.run("echo $VIRTUAL_ENV; command -v python")).stdout.split()
 
     up = (OSError, asyncssh.Error)  # refused while its SSH server starts
-    assert wait_for(lambda: attempt(lambda: asyncio.run(where()), up), what="ssh") == [
+    assert wait_for(lambda: attempt(lambda: run_async(where()), up), what="ssh") == [
         prefix,
         f"{prefix}/bin/python",
     ]
