@@ -532,3 +532,13 @@ def test_a_prepared_python_environment(
         f"{prefix}/bin/python",
     ]
     team.alice.request("POST", f"devenvs/{env['id']}/stop")
+
+
+def test_a_tool_still_starting_asks_the_browser_to_look_again(
+    server: "RunningServer", team: Team
+) -> None:
+    env = create(team.alice, team.project, tools=["jupyter"])
+    page = httpx.get(f"{server.url}/x/{env['id']}/jupyter/lab", headers=bearer(team.alice))
+    assert page.status_code == 503 and page.headers["retry-after"] == "2"
+    assert '<meta http-equiv="refresh" content="2">' in page.text
+    team.alice.request("POST", f"devenvs/{env['id']}/stop")
