@@ -4,22 +4,24 @@ The pending workloads are taken in fair-share order (fairshare.FairQueue). For e
 1. quota (quota.Ledger): the first limit it would break, if any;
 2. placement (placement.Cluster): best fit on one node, or on the whole cluster as one
    virtual node when `place=False`; backfill reservations made earlier in the cycle are
-   respected (backfill.py);
+   respected (backfill.py); a fraction only on a shared GPU that no other Unix identity
+   holds (one MPS user per GPU, see placement.py);
 3. if it is blocked and entitled, a preemption plan (preemption.py);
 4. otherwise a PendingReason, and for the first blocked gangs a backfill reservation.
 
 Speed: capacity only shrinks during a cycle, so a request shape that found no room cannot
 find it later in the same cycle. Failed shapes are remembered (per GPU model and kind of
 request) and a request at least as large as one of them is answered from cached facts
-without searching again; once the cluster is full, the remaining queue costs a quota check
-and a lookup each.
+without searching again (for a fraction, of the same Unix identity: a shared GPU another
+identity holds may serve this one); once the cluster is full, the remaining queue costs a
+quota check and a lookup each.
 """
 
 import gc
 from typing import Any
 
 from suanli.scheduler.backfill import RESERVATION_DEPTH, reserve
-from suanli.scheduler.devices import Kind, fraction_share, gib, gpu_charge
+from suanli.scheduler.devices import Kind, fraction_share, gib, gpu_charge, number
 from suanli.scheduler.devices import matching_kinds as _matching
 from suanli.scheduler.fairshare import FairQueue, dominant_share
 from suanli.scheduler.model import (
@@ -42,6 +44,7 @@ from suanli.scheduler.reasons import (
     CAPACITY_GPU_MODEL,
     CAPACITY_GPUS,
     CAPACITY_NO_GPUS,
+    GPU_SHARED_OTHER_USER,
     MULTI_NODE,
     NODE_DRAINED,
     PREEMPTING,
@@ -172,6 +175,7 @@ class _Cycle:
                 True,
                 request.gpu_memory_bytes,
                 request.gpu_compute_percent,
+                workload.identity,
             )
             # Placed here: its share of the device it lands on. Left to an engine
             # (`place=False`), the device found on the virtual node binds nobody: the engine
@@ -225,7 +229,8 @@ class _Cycle:
 
     def find(self, need: Need) -> Fit | Miss:
         """Search for room, unless a request at most as large already failed this cycle."""
-        key = (id(need.kinds), need.fraction, need.gpus > 0)  # kinds tuples are cached
+        # kinds tuples are cached; identity is "" but for fractions
+        key = (id(need.kinds), need.fraction, need.gpus > 0, need.identity)
         failed = self.failed.get(key)
         if failed:
             gpus, cpus, memory = need.gpus, need.cpus, need.memory
@@ -242,7 +247,13 @@ class _Cycle:
         cluster = self.cluster
         if need.fraction:
             found = cluster.find_fraction(
-                need.kinds, need.gpu_memory, need.compute, need.cpus, need.memory, need.end
+                need.kinds,
+                need.gpu_memory,
+                need.compute,
+                need.cpus,
+                need.memory,
+                need.end,
+                need.identity,
             )
         elif need.gpus:
             found = cluster.find_whole(need.kinds, need.gpus, need.cpus, need.memory, need.end)
@@ -260,7 +271,14 @@ class _Cycle:
         devices: tuple[DeviceShare, ...] = ()
         if fit.slot is not None:
             cluster.take_fraction(
-                fit.node, fit.slot, need.gpu_memory, need.compute, need.cpus, need.memory, need.end
+                fit.node,
+                fit.slot,
+                need.gpu_memory,
+                need.compute,
+                need.cpus,
+                need.memory,
+                need.end,
+                need.identity,
             )
             devices = (DeviceShare(fit.slot.id, need.gpu_memory, need.compute),)
         elif fit.kind is not None:
@@ -289,6 +307,7 @@ class _Cycle:
             need.memory,
             need.gpu_memory,
             need.compute,
+            need.identity,
         )
         hit = self._reasons.get(key)
         if hit is not None and hit[0] == self.cluster.version:
@@ -324,6 +343,11 @@ class _Cycle:
                     "free_memory_gib": gib(free_memory),
                     "free_compute": free_compute,
                 }
+            if self.held_by_other_user(need):
+                return GPU_SHARED_OTHER_USER, {
+                    "memory_gib": gib(need.gpu_memory),
+                    "compute": need.compute,
+                }
         elif need.gpus:
             if not need.kinds:
                 return (CAPACITY_GPU_MODEL, {"model": model}) if model else (CAPACITY_NO_GPUS, {})
@@ -343,11 +367,22 @@ class _Cycle:
                 }
         free_cpus, free_memory = cluster.max_free_node()
         return CAPACITY_CPUS_MEMORY, {
-            "cpus": need.cpus,
+            "cpus": number(need.cpus),
             "memory_gib": gib(need.memory),
-            "free_cpus": max(0.0, round(free_cpus, 2)),
+            "free_cpus": number(max(0.0, round(free_cpus, 2))),
             "free_memory_gib": gib(max(0, free_memory)),
         }
+
+    def held_by_other_user(self, need: Need) -> bool:
+        """Would the fraction fit now if other Unix identities did not hold the shared GPUs
+        with room (MPS serves one user per GPU)?"""
+        cluster = self.cluster
+        if not cluster.held_by_others(need.identity):
+            return False
+        anyone = cluster.find_fraction(
+            need.kinds, need.gpu_memory, need.compute, need.cpus, need.memory, need.end, None
+        )
+        return isinstance(anyone, Fit)
 
 
 _REMEMBERED = Miss()

@@ -105,6 +105,11 @@ class Workload:
     # Set for running workloads:
     started_at: float | None = None
     placement: Placement | None = None
+    # The Unix identity its GPU work runs under. A GPU's MPS daemon serves one identity at a
+    # time (a client of another one blocks until every client of the current one has ended),
+    # so fractions of different identities never share a GPU; "" is an identity like any
+    # other. Whole GPUs and CPU-only work ignore it.
+    identity: str = ""
 
 
 @dataclass(frozen=True)

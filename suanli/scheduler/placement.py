@@ -15,6 +15,10 @@ Placement rules, and why:
   O(log nodes) rather than a scan of the cluster.
 - Fractions go to the most-used shared device that still fits (memory and compute sums at
   most the device's memory and 100 %): packing leaves other shared devices empty.
+- A shared device takes fractions of one Unix identity at a time (`Workload.identity`): its
+  MPS daemon serves one user, and a client of another blocks until every client of the
+  current one has ended. A device holding fractions of A is offered to B only once none of
+  A's are left (in a cycle, only preemption frees them, see preemption.py).
 - CPU-only work prefers nodes without free GPUs, then the one with the fewest free CPUs.
 - Drained (unschedulable) nodes and devices take nothing new.
 
@@ -24,7 +28,7 @@ virtual node: admission then checks total capacity only.
 
 import math
 from bisect import bisect_left, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +109,19 @@ class Pool:
 
 
 class SharedSlot:
-    """A shared device and the fractions granted on it."""
+    """A shared device and the fractions granted on it, counted per Unix identity
+    (`holders`): it serves the one identity that holds it, or anyone once nobody does."""
 
-    __slots__ = ("compute_used", "id", "index", "kind", "memory", "memory_used", "node")
+    __slots__ = (
+        "compute_used",
+        "holders",
+        "id",
+        "index",
+        "kind",
+        "memory",
+        "memory_used",
+        "node",
+    )
 
     def __init__(self, device_id: str, node: "NodeState", kind: Kind, memory: int, index: int):
         self.id = device_id
@@ -117,6 +131,17 @@ class SharedSlot:
         self.index = index
         self.memory_used = 0
         self.compute_used = 0
+        self.holders: dict[str, int] = {}
+
+    def serves(self, identity: str) -> bool:
+        """May a fraction of `identity` go here? Not while another identity holds one. A
+        running snapshot may show two identities at once (work started before identities
+        were set): such a device serves nobody new until all but one have ended."""
+        holders = self.holders
+        return not holders or (len(holders) == 1 and identity in holders)
+
+    def hold(self, identity: str) -> None:
+        self.holders[identity] = self.holders.get(identity, 0) + 1
 
     def fits(self, memory: int, compute: int) -> bool:
         return self.memory_used + memory <= self.memory and self.compute_used + compute <= 100
@@ -222,6 +247,7 @@ class Need:
     fraction: bool = False
     gpu_memory: int = 0
     compute: int = 0
+    identity: str = ""  # a fraction's Unix identity (see SharedSlot)
 
 
 @dataclass(slots=True)
@@ -314,6 +340,7 @@ class Cluster:
         self.exclusive: dict[Kind, int] = {}  # exclusive devices per node at most, drained too
         self.exclusive_total: dict[Kind, int] = {}  # exclusive devices in all, drained too
         self.shared_memory: dict[Kind, int] = {}  # the smallest shared device, drained too
+        self.identities: set[str] = set()  # identities holding fractions (only grows in a cycle)
         self.footprints: list[Footprint] = []
         self._jobs_built = False
         self._cache: dict[object, tuple[int, Any]] = {}
@@ -409,6 +436,8 @@ class Cluster:
                     if slot is not None:
                         slot.memory_used += share.memory_bytes
                         slot.compute_used += share.compute_percent
+                        slot.hold(workload.identity)
+                        self.identities.add(workload.identity)
                         fractions.append((slot, share.memory_bytes, share.compute_percent))
             if state is not None:
                 state.free_cpus -= request.cpus
@@ -456,14 +485,10 @@ class Cluster:
         fractions: list[tuple[SharedSlot, int, int]] = []
         if request.is_fraction:
             gpu_memory, compute = request.gpu_memory_bytes, request.gpu_compute_percent
-            for kind, slots in (*self.partial.items(), *self.empty.items()):
-                if not self.matches(request.gpu_model, kind):
-                    continue
-                slot = next((s for s in slots if s.fits(gpu_memory, compute)), None)
-                if slot is not None:
-                    self.use_slot(slot, gpu_memory, compute)
-                    fractions.append((slot, gpu_memory, compute))
-                    break
+            slot = self._unplaced_slot(request.gpu_model, gpu_memory, compute, workload.identity)
+            if slot is not None:
+                self.use_slot(slot, gpu_memory, compute, workload.identity)
+                fractions.append((slot, gpu_memory, compute))
         else:
             need = request.gpus * nodes
             for kind, pool in state.pools.items():
@@ -480,6 +505,21 @@ class Cluster:
         return Footprint(
             workload, state, gpus, fractions, cpus, memory, workload_end(workload, self.now)
         )
+
+    def _unplaced_slot(
+        self, model: str | None, gpu_memory: int, compute: int, identity: str
+    ) -> SharedSlot | None:
+        """Where to count a fraction the engine placed without saying where: the first device
+        with room that serves its identity, else the first with room (it runs somewhere, and
+        what it holds must count; that device then serves nobody new this cycle)."""
+
+        def with_room() -> Iterator[SharedSlot]:
+            for kind, slots in (*self.partial.items(), *self.empty.items()):
+                if self.matches(model, kind):
+                    yield from (s for s in slots if s.fits(gpu_memory, compute))
+
+        slot = next((s for s in with_room() if s.serves(identity)), None)
+        return slot if slot is not None else next(with_room(), None)
 
     @staticmethod
     def matches(model: str | None, kind: Kind) -> bool:
@@ -501,12 +541,16 @@ class Cluster:
                 insort(counts, new)
             bucket[node] = None
 
-    def use_slot(self, slot: SharedSlot, memory: int, compute: int) -> None:
+    def use_slot(self, slot: SharedSlot, memory: int, compute: int, identity: str) -> None:
+        """Count one more fraction of `identity` on `slot` (memory and compute may be 0 when
+        a preemptor reuses exactly what its victims there give back)."""
         if not (slot.memory_used or slot.compute_used):
             self.empty[slot.kind].pop(slot, None)
             self.partial.setdefault(slot.kind, {})[slot] = None
         slot.memory_used += memory
         slot.compute_used += compute
+        slot.hold(identity)
+        self.identities.add(identity)
 
     def jobs(self) -> None:
         """Fill each node's job list (running work and its end) the first time a
@@ -581,8 +625,10 @@ class Cluster:
         cpus: float,
         memory: int,
         end: float,
+        identity: str | None,
     ) -> Fit | Miss:
-        """The most-used shared device of one of `kinds` with room for the fraction."""
+        """The most-used shared device of one of `kinds` with room for the fraction, among
+        those that serve `identity` (None: whoever holds them, to explain a wait)."""
         best: tuple[tuple[float, int], SharedSlot] | None = None
         reserved_for = None
         for pass_ in (self.partial, self.empty):
@@ -591,6 +637,8 @@ class Cluster:
                     if slot.memory_used + gpu_memory > slot.memory:
                         continue
                     if slot.compute_used + compute > 100:
+                        continue
+                    if identity is not None and not slot.serves(identity):
                         continue
                     node = slot.node
                     if node.free_cpus + EPSILON < cpus or node.free_memory < memory:
@@ -655,8 +703,9 @@ class Cluster:
         cpus: float,
         memory: int,
         end: float,
+        identity: str,
     ) -> None:
-        self.use_slot(slot, gpu_memory, compute)
+        self.use_slot(slot, gpu_memory, compute, identity)
         self._take_node(node, end, None, 0, cpus, memory)
 
     def take_cpus(self, node: NodeState, cpus: float, memory: int, end: float) -> None:
@@ -702,8 +751,14 @@ class Cluster:
             ),
         )
 
+    def held_by_others(self, identity: str) -> bool:
+        """Does any identity other than `identity` hold a fraction somewhere?"""
+        identities = self.identities
+        return len(identities) > 1 or (bool(identities) and identity not in identities)
+
     def max_fraction_room(self, kinds: Sequence[Kind]) -> tuple[int, int]:
-        """The most free memory and the most free compute on a shared device of `kinds`."""
+        """The most free memory and the most free compute on a shared device of `kinds`,
+        whoever holds it (the identity rule is explained apart, see cycle.capacity_reason)."""
 
         def compute() -> tuple[int, int]:
             slots = [s for k in kinds for s in (*self.partial.get(k, ()), *self.empty.get(k, ()))]

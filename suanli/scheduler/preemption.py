@@ -15,6 +15,11 @@ will get), is minimised (victims it turns out not to need are dropped), and is a
 if the preemptor then fits its quota and the node, without delaying a reservation there.
 The preemptor stays pending until the victims are gone; what it needs on the node beyond
 what the victims give back is held for it meanwhile.
+
+A fraction may take a shared GPU that another Unix identity holds only if every fraction of
+that identity there is among the victims (MPS serves one user per GPU): the simulation
+counts the fractions given back per identity, so the rule is applied exactly. Until the
+victims are gone the GPU serves nobody new in the cycle (it holds both identities).
 """
 
 from collections.abc import Mapping, Sequence
@@ -65,6 +70,31 @@ class Plan:
     cost: tuple = field(default_factory=tuple)
 
 
+class SlotBack:
+    """What victims give back on one shared device: memory, compute, and their fractions
+    per Unix identity."""
+
+    __slots__ = ("compute", "holders", "memory")
+
+    def __init__(self) -> None:
+        self.memory = 0
+        self.compute = 0
+        self.holders: dict[str, int] = {}
+
+
+NOTHING_BACK = SlotBack()
+
+
+def serves_after(slot: SharedSlot, identity: str, back: SlotBack) -> bool:
+    """Would `slot` serve `identity` once the victims are gone: are all fractions of every
+    other identity on it given back?"""
+    given = back.holders
+    return all(
+        holder == identity or given.get(holder, 0) >= count
+        for holder, count in slot.holders.items()
+    )
+
+
 class Freed:
     """What a set of victims on one node would give back; for each reservation on the node
     also what it gives back that the reservation did not count on (victims that would
@@ -76,7 +106,7 @@ class Freed:
         self.cpus = 0.0
         self.memory = 0
         self.gpus: dict[Kind, int] = {}
-        self.fractions: dict[int, list[int]] = {}  # id(slot) -> [memory, compute]
+        self.fractions: dict[int, SlotBack] = {}  # by id(slot)
         self.victims: list[Victim] = []
         self.reservations = reservations
         self.later = [[0, 0.0, 0] for _ in reservations]  # gpus of its kind, cpus, memory
@@ -86,10 +116,14 @@ class Freed:
         self.memory += sign * victim.memory
         for kind, count in victim.gpus.items():
             self.gpus[kind] = self.gpus.get(kind, 0) + sign * count
+        identity = victim.workload.identity
         for slot, memory, compute in victim.fractions:
-            entry = self.fractions.setdefault(id(slot), [0, 0])
-            entry[0] += sign * memory
-            entry[1] += sign * compute
+            back = self.fractions.get(id(slot))
+            if back is None:
+                back = self.fractions[id(slot)] = SlotBack()
+            back.memory += sign * memory
+            back.compute += sign * compute
+            back.holders[identity] = back.holders.get(identity, 0) + sign
         for reservation, later in zip(self.reservations, self.later, strict=True):
             if victim.end > reservation.start:
                 if reservation.kind is not None:
@@ -175,7 +209,14 @@ class Preemptor:
         """The cheapest plan that makes `workload` fit, or None. `block` is the quota limit
         it breaks now, if any (then only its own project's workloads can help)."""
         user = workload.user if block is not None and block[0] == QUOTA_USER_GPUS else None
-        memo_key = (workload.project, user, workload.priority, need.kinds, block is None)
+        memo_key = (
+            workload.project,
+            user,
+            workload.priority,
+            need.kinds,
+            block is None,
+            need.identity,
+        )
         shape = (need.gpus, need.cpus, need.memory, need.gpu_memory, need.compute)
         for failed in self._failed.get(memo_key, ()):
             if (
@@ -301,7 +342,13 @@ class Preemptor:
         cluster = self._cluster
         if need.fraction:
             return cluster.find_fraction(
-                need.kinds, need.gpu_memory, need.compute, need.cpus, need.memory, need.end
+                need.kinds,
+                need.gpu_memory,
+                need.compute,
+                need.cpus,
+                need.memory,
+                need.end,
+                need.identity,
             )
         if need.gpus:
             return cluster.find_whole(need.kinds, need.gpus, need.cpus, need.memory, need.end)
@@ -339,12 +386,14 @@ class Preemptor:
             for candidate in node.shared:
                 if candidate.kind not in need.kinds:
                     continue
-                back = freed.fractions.get(id(candidate), (0, 0))
-                used_memory = candidate.memory_used - back[0]
-                used_compute = candidate.compute_used - back[1]
+                back = freed.fractions.get(id(candidate), NOTHING_BACK)
+                used_memory = candidate.memory_used - back.memory
+                used_compute = candidate.compute_used - back.compute
                 if used_memory + need.gpu_memory > candidate.memory:
                     continue
                 if used_compute + need.compute > 100:
+                    continue
+                if not serves_after(candidate, need.identity, back):
                     continue
                 key = (-max(used_memory / candidate.memory, used_compute / 100), candidate.index)
                 if best is None or key < best[0]:
@@ -410,9 +459,12 @@ class Preemptor:
             if extra > 0:
                 cluster.take_devices(node, kind, extra)
         elif need.fraction and plan.slot is not None:
-            back = freed.fractions.get(id(plan.slot), (0, 0))
+            back = freed.fractions.get(id(plan.slot), NOTHING_BACK)
             cluster.use_slot(
-                plan.slot, max(0, need.gpu_memory - back[0]), max(0, need.compute - back[1])
+                plan.slot,
+                max(0, need.gpu_memory - back.memory),
+                max(0, need.compute - back.compute),
+                need.identity,
             )
         node.free_cpus -= max(0.0, need.cpus - freed.cpus)
         node.free_memory -= max(0, need.memory - freed.memory)

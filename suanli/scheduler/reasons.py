@@ -22,6 +22,9 @@ CAPACITY_GPUS = "capacity_gpus"  # requested, free (most free on one node), larg
 CAPACITY_GPU_MODEL = "capacity_gpu_model"  # model: no device of that model or MIG profile
 CAPACITY_NO_GPUS = "capacity_no_gpus"  # no exclusive GPU (whole GPUs) or shared GPU (fractions)
 CAPACITY_FRACTION = "capacity_fraction"  # memory_gib, compute, free_memory_gib, free_compute
+# A fraction that would fit now but for the Unix identity rule: the shared GPUs with room
+# serve another identity's fractions (MPS serves one user per GPU). memory_gib, compute.
+GPU_SHARED_OTHER_USER = "gpu_shared_other_user"
 CAPACITY_CPUS_MEMORY = "capacity_cpus_memory"  # cpus, memory_gib, free_cpus, free_memory_gib
 NODE_DRAINED = "node_drained"  # model, requested: would fit only on drained nodes or GPUs
 MULTI_NODE = "multi_node"  # nodes: multi-node work needs an engine that places it (Slurm)
@@ -41,6 +44,7 @@ CODES = (
     CAPACITY_GPU_MODEL,
     CAPACITY_NO_GPUS,
     CAPACITY_FRACTION,
+    GPU_SHARED_OTHER_USER,
     CAPACITY_CPUS_MEMORY,
     NODE_DRAINED,
     MULTI_NODE,

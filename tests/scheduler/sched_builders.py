@@ -67,6 +67,7 @@ def job(
     submitted_at: float | None = None,
     preemptible: bool = True,
     max_duration: float | None = None,
+    identity: str = "",
 ) -> Workload:
     fraction = fraction_gib > 0 or compute > 0
     request = Request(
@@ -86,6 +87,7 @@ def job(
         submitted_at=float(id) if submitted_at is None else submitted_at,
         preemptible=preemptible,
         max_duration=max_duration,
+        identity=identity,
     )
 
 
@@ -115,6 +117,7 @@ def running(
         max_duration=workload.max_duration,
         started_at=started_at,
         placement=Placement(node, shares),
+        identity=workload.identity,
     )
 
 
