@@ -88,7 +88,7 @@ class Bench:
         return None if response.status_code == 204 else response.json()
 
     def where(self, env_id: int) -> Endpoints | None:
-        return endpoints.read(self.data_dir / "jobs" / str(env_id) / "devenv")
+        return endpoints.read(self.data_dir / "work" / str(env_id))
 
     def secret(self, env_id: int) -> str:
         """The environment's token, as the proxy adds it (the bench reads the database)."""

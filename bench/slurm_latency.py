@@ -79,7 +79,7 @@ def printed_time(path: Path, timeout: float = 60) -> float:
 def via_suanli(client: Client, data: Path) -> float:
     began = time.time()
     job = client.jobs.submit({"project": "bench", "command": ["date", "+%s.%N"], **SMALL})
-    return printed_time(data / "jobs" / str(job.id) / "output.log") - began
+    return printed_time(data / "work" / str(job.id) / "output.log") - began
 
 
 def via_sbatch(env: dict[str, str], out_dir: Path, n: int) -> float:

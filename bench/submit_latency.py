@@ -9,6 +9,7 @@ delay to wait out. Bounded: N sequential jobs, then a burst of M concurrent subm
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 from suanli.client import Client
 
@@ -54,6 +57,17 @@ def start_server(
     raise RuntimeError("server did not start")
 
 
+def end_workloads(folder: Path) -> None:
+    """Workloads outlive their server by design: end the ones started under `folder`."""
+    prefix = str(folder.resolve()) + "/"
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        ours = any(arg.startswith(prefix) for arg in command)
+        if "suanli.backends.local.wrapper" in command and ours:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -81,9 +95,14 @@ def measure(url: str, jobs: int, burst: int) -> dict[str, float]:
             latencies.append(started_at(client, job.id) - begin)
             while client.jobs.get(job.id).state not in ("succeeded", "failed"):
                 time.sleep(0.005)
-        # A project whose quota holds everything in the queue: submits without launches.
+        # A project whose one GPU a long job holds: what else asks for a GPU there waits, so
+        # its burst measures submits without launches. (A quota of 0 GPUs would refuse them.)
         client.projects.create("queued")
-        client.projects.set_quota("queued", max_gpus=0)
+        client.projects.set_quota("queued", max_gpus=1)
+        holder = client.jobs.submit({**spec, "project": "queued", "command": ["sleep", "600"],
+                                     "resources": {"gpus": 1, "memory": "64Mi"}})  # fmt: skip
+        while client.jobs.get(holder.id).state != "running":
+            time.sleep(0.01)
         token = client.token
 
     local = threading.local()
@@ -117,8 +136,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=50, help="sequential jobs timed")
     parser.add_argument("--burst", type=int, default=200, help="concurrent submits timed")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        process, url = start_server(Path(folder) / "data")
+    # Where the jobs' own accounts may reach their folders (the default install, as root,
+    # runs each user's jobs as their own account; see README, "Security model").
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
+        Path(folder).chmod(0o755)
+        work = {"SUANLI_WORK_DIR": str(Path(folder) / "work")}
+        process, url = start_server(Path(folder) / "data", {**EIGHT_A100S, **work})
         try:
             result = measure(url, args.jobs, args.burst)
         finally:
@@ -127,6 +150,7 @@ def main() -> int:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+            end_workloads(Path(folder))
     print(f"jobs {args.jobs}, burst {args.burst}, {os.cpu_count()} CPUs")
     print(
         "| submit→started p50 ms | p99 ms | mean ms | max ms | submits/s, queued "

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from suanli import __version__
-from suanli.api import problems
+from suanli.api import limits, problems
 from suanli.api.routes import (
     alerts,
     audit,
@@ -37,8 +37,9 @@ from suanli.controllers.workloads import WorkloadController
 from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.gateway import Gateway
+from suanli.i18n import translate
 from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
-from suanli.services import accounts
+from suanli.services import accounts, isolation
 from suanli.web import console, docs, proxy
 
 API_PREFIX = "/api/v1"
@@ -122,7 +123,10 @@ def create_app(
     # The SSH gateway's port once it listens (None: no gateway, as in API-only tests).
     app.state.ssh_port = None
     app.state.on_engine = runtime.on_engine if runtime is not None else False
+    # What does not isolate workloads here: a banner on every page administrators see.
+    app.state.isolation = isolation.assess(settings)
     app.add_middleware(RequestTiming)
+    app.add_middleware(limits.BodyLimit)  # outermost: nothing runs for a refused body
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
@@ -145,8 +149,11 @@ def prepare(settings: Settings, database: Database) -> str | None:
     Returns the administrator's password when it was generated here, so the caller can show it
     once; None when an administrator already existed or the password came from the settings.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate.upgrade(database.engine)
+    isolation.secure(settings)
+    for finding in isolation.assess(settings):
+        log.warning("%s", translate(finding.key, "en", **finding.params))
     given = settings.admin_password.get_secret_value()
     password = given or secrets.token_urlsafe(12)
     with database.writing() as session:

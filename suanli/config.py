@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # and nobody can claim another address by sending the header.
     forwarded_allow_ips: str = ""
 
+    # The largest request body (JSON, forms) read from a client; larger is refused with 413
+    # before it is read. The dev environments' proxy (/x/) streams bodies through unlimited.
+    max_request_body_bytes: int = Field(2**20, ge=1024, le=2**30)
+
     admin_username: str = "admin"
     # When empty on first start, a password is generated and printed once.
     admin_password: SecretStr = SecretStr("")
@@ -93,12 +97,28 @@ class Settings(BaseSettings):
     # Used only where NVML finds no GPU.
     simulated_gpus: list[SimulatedGpus] = Field(default_factory=list)
 
-    # Jobs of Suanli user U run as Unix user unix_users[U] (the server must run as root).
-    # When this map is set, a user without an entry cannot submit: nothing ever runs as the
-    # server's own user then. Empty: jobs run as the server's user.
+    # Whose Unix identity workloads run under (README, "Security model"). "own": when the
+    # server runs as root, each user's workloads run as that user's own Unix account —
+    # unix_users[U] where mapped, else an account the server creates itself (sl-<user>, home
+    # under unix_home_root) — never as root and never as the server's user. A server that is
+    # not root cannot switch users: its workloads run as its own user and nothing isolates
+    # them from the platform (a workstation; the console says so to administrators).
+    # "server": every workload runs as the server's user, also as root — only for a machine
+    # that one trusted person uses (the test suite does, to write into its own folders).
+    workload_identity: Literal["own", "server"] = "own"
+    # Jobs of Suanli user U run as Unix user unix_users[U] (e.g. accounts from the
+    # organisation's LDAP, required on Slurm, whose nodes know only the cluster's accounts).
+    # When this map is set, a user without an entry cannot submit.
     unix_users: dict[str, str] = Field(default_factory=dict)
-    # The one Unix identity of all jobs on GPU fractions (CUDA MPS serves one user per GPU);
-    # empty: the server's user. See suanli/backends/local/mps.py.
+    # Where the accounts the server creates get their home directories.
+    unix_home_root: Path = Path("/home")
+    # The workloads' own folders (one per workload, owned by its Unix account: its script,
+    # its log, its dev environment's endpoints) and the MPS pipes. Never inside data_dir,
+    # which no workload may reach. Empty: /var/lib/suanli/work when workloads run as other
+    # accounts than the server's, else <data_dir>/work. On Slurm: on a filesystem that every
+    # node mounts at the same path.
+    work_dir: Path | None = None
+    # Removed: fractional jobs run as their own users now (see suanli/backends/local/mps.py).
     mps_user: str = ""
 
     # Where workloads run: "local" (processes on this host) or "slurm" (a Slurm cluster that
@@ -158,6 +178,16 @@ class Settings(BaseSettings):
             raise ValueError("must have at least 8 characters (or be empty to generate one)")
         return value
 
+    @field_validator("mps_user")
+    @classmethod
+    def _no_shared_mps_user(cls, value: str) -> str:
+        if value:
+            raise ValueError(
+                "is no longer supported: fractional GPU jobs run as their own users' "
+                "accounts, and a GPU's fractions serve one user at a time; remove the setting"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -165,6 +195,18 @@ class Settings(BaseSettings):
         if value not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("must be one of critical, error, warning, info, debug")
         return value
+
+    @property
+    def isolated(self) -> bool:
+        """Workloads run as their users' own accounts (the server is root and asked to)."""
+        return self.workload_identity == "own" and os.geteuid() == 0
+
+    @property
+    def effective_work_dir(self) -> Path:
+        if self.work_dir is not None:
+            return self.work_dir
+        switches = self.isolated or (bool(self.unix_users) and os.geteuid() == 0)
+        return Path("/var/lib/suanli/work") if switches else self.data_dir / "work"
 
     @property
     def effective_ssh_host(self) -> str:

@@ -100,13 +100,19 @@ def end_workloads(data_dir: Path) -> None:
 def start_server(
     data_dir: Path, database_url: str, env: dict[str, str] | None = None, *, port: int = 0
 ) -> RunningServer:
-    """Start `suanli server` as a real process and wait until it listens."""
+    """Start `suanli server` as a real process and wait until it listens.
+
+    Its workloads run as the test's own user (root in CI), so that they can write into the
+    test's private folders, unless `env` says otherwise: the default install, where each
+    user's work runs as their own account, is tested in tests/test_isolation.py."""
     environment = {
         **os.environ,
         "SUANLI_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "SUANLI_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
         "SUANLI_SSH_PORT": "0",  # every test server's SSH gateway on a free port of its own
+        "SUANLI_WORKLOAD_IDENTITY": "server",
+        "SUANLI_WORK_DIR": str(data_dir.parent / "work"),  # each test server its own
         **(env or {}),
     }
     process = subprocess.Popen(
@@ -224,9 +230,9 @@ def launch_server() -> Callable[[Path, dict[str, str]], RunningServer]:
     """Start a server of one's own under `base` on a fresh database (for module-scoped
     fixtures); the caller stops it."""
 
-    def launch(base: Path, env: dict[str, str]) -> RunningServer:
+    def launch(base: Path, env: dict[str, str], database_url: str = "") -> RunningServer:
         url = _create_postgres_database() if POSTGRES_URL else f"sqlite:///{base / 'suanli.db'}"
-        return start_server(base / "data", url, env)
+        return start_server(base / "data", database_url or url, env)
 
     return launch
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 from waiting import wait_for
@@ -223,12 +224,15 @@ def test_sigkill_with_jobs_running(server_factory) -> None:
     token = admin.token
     first.stop(signal.SIGKILL)
     time.sleep(3)  # `short` ends while no server runs
+    restarted = datetime.now(UTC)
     second = server_factory({"SUANLI_SIMULATED_GPUS": GPUS})
     with Client(second.url, token) as client:
         ended = wait_for(
             lambda: (j := client.jobs.get(short)).state == "failed" and j, what="short recorded"
         )
         assert ended.exit.reason == "exit_code" and ended.exit.exit_code == 3
+        # It ended while no server ran: its end is when it ended, not when it was learnt.
+        assert ended.finished_at < restarted
         assert client.jobs.get(long).state == "running"
         assert client.jobs.get(long).attempts == 1  # re-adopted, not started again
         client.jobs.cancel(long)

@@ -35,10 +35,20 @@ _STATUS_TYPES = {
     404: "not-found",
     405: "method-not-allowed",
     409: "conflict",
+    413: "payload-too-large",
     422: "validation-error",
     429: "too-many-requests",
     503: "unavailable",
 }
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """A request body over its route's limit, found while it streams in (suanli.api.limits).
+    An HTTPException, so that FastAPI's reading of a body lets it through as it is."""
+
+    def __init__(self, limit: int):
+        super().__init__(413)
+        self.limit = limit
 
 
 # The console answers its own pages' errors as pages: (request, status, detail) -> a response,
@@ -108,6 +118,12 @@ _PATTERN_MESSAGES = {
 
 
 async def _on_suanli_error(request: Request, error: SuanliError) -> Response:
+    return error_response(request, error)
+
+
+def error_response(request: Request, error: SuanliError) -> Response:
+    """A domain error as its problem (or the console's page): for the exception handler and
+    for middleware that answers before the application runs."""
     language = language_of(request)
     detail = translate(error.key, language, **error.params)
     headers: dict[str, str] = {}
@@ -119,6 +135,16 @@ async def _on_suanli_error(request: Request, error: SuanliError) -> Response:
     if error.field:
         errors = [{"field": error.field, "in": "body", "type": error.type, "message": detail}]
     return problem(request, error.status, error.type, detail, errors=errors, headers=headers)
+
+
+async def _on_payload_too_large(request: Request, error: PayloadTooLarge) -> Response:
+    return payload_too_large(request, error.limit)
+
+
+def payload_too_large(request: Request, limit: int) -> Response:
+    """413: the body is over `limit` bytes (declared so, or found so while reading it)."""
+    detail = translate("error.payload_too_large", language_of(request), limit=limit)
+    return problem(request, 413, "payload-too-large", detail)
 
 
 async def _on_validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -179,6 +205,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "Signed in, but not allowed"),
         (404, "Not found, or not visible to the caller"),
         (409, "Conflicts with the current state"),
+        (413, "The body is larger than the server accepts (max_request_body_bytes)"),
         (422, "Invalid input, with one entry per field"),
     )
 }
@@ -209,5 +236,6 @@ def install(app: FastAPI, page: ErrorPage | None = None) -> None:
     app.add_exception_handler(SuanliError, _on_suanli_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(PayloadTooLarge, _on_payload_too_large)  # type: ignore[arg-type]
     app.add_exception_handler(DBAPIError, _on_database_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

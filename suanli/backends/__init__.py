@@ -19,4 +19,4 @@ def create(settings: "Settings") -> "Backend":
         return SlurmBackend(settings)
     from suanli.backends.local.backend import LocalBackend
 
-    return LocalBackend(settings, mps_user=settings.mps_user or None)
+    return LocalBackend(settings)

@@ -34,7 +34,7 @@ class LaunchSpec:
     limits: Limits
     log_path: Path  # stdout and stderr, appended; survives the job
     state_dir: Path  # the backend's own files for this job (exit status, pid, ...)
-    run_as: str | None = None  # Unix user; None runs as the server's user
+    run_as: str | None = None  # Unix account (never root); None: the server's own user
     max_duration: float | None = None  # seconds; the backend ends the job as "timeout"
     name: str = ""
     user: str = ""  # the Suanli user it runs for
@@ -59,6 +59,10 @@ class ExitStatus:
     # What the workload used, where the backend knows it: cpu_seconds, max_rss_bytes,
     # memory_peak_bytes, wall_seconds.
     usage: dict[str, float] = field(default_factory=dict)
+    # Unix time it ended, where the backend knows it (a server that was down learns of the
+    # end later: the job's end is this, not the time it was told). When, not how: left out
+    # of comparisons.
+    ended_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,10 @@ class Backend(Protocol):
         ...
 
     def launch(self, spec: LaunchSpec) -> Handle:
-        """Start the workload and return at once with its handle."""
+        """Start the workload and return at once with its handle. Idempotent for one
+        attempt (`spec.state_dir`): asked again — by a server killed before it recorded the
+        handle — it returns the handle of what it started, or starts it if it never did;
+        it never starts one attempt twice."""
         ...
 
     def poll(self, handle: Handle) -> Status:

@@ -8,10 +8,7 @@ a second time.
 """
 
 import logging
-import os
-import pwd
 import secrets
-import shutil
 import sys
 import time
 from datetime import UTC, datetime
@@ -21,9 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from suanli import faults
 from suanli.backends.base import Backend, ExitStatus, Handle, LaunchSpec, Limits, Status
 from suanli.config import Settings
-from suanli.core.states import ACTIVE, State
+from suanli.core.states import ACTIVE, TERMINAL, State
 from suanli.db.engine import Database
 from suanli.db.models import Job, Project, utcnow
 from suanli.devenvs import endpoints, keys
@@ -32,8 +30,8 @@ from suanli.monitoring.prometheus import Histogram
 from suanli.scheduler import decayed_usage, gpu_charge, schedule
 from suanli.scheduler import model as sched
 from suanli.schemas.devenvs import DevEnvSpec
-from suanli.schemas.jobs import JobSpec
-from suanli.services import devenvs
+from suanli.schemas.jobs import STORED, JobSpec
+from suanli.services import devenvs, unixaccounts, workfolders
 from suanli.services.jobs import PRIORITIES, job_dir, log_path, move, note, request_of
 from suanli.services.nodes import scheduler_nodes
 
@@ -93,24 +91,18 @@ class WorkloadController:
             ).all()
         queued = False
         for row in rows:
-            status = self.backend.poll(row.handle) if row.handle else None
-            queued = queued or bool(status and status.running and status.queued)
-            if status is not None and self._unchanged(row, status):
+            if row.handle is None:  # the server stopped between `starting` and the handle
+                self.adopt(row.id)
+                continue
+            status = self.backend.poll(row.handle)
+            queued = queued or bool(status.running and status.queued)
+            if self._unchanged(row, status):
                 continue  # no write transaction for a job whose news is no news
             with self.database.writing() as session:
                 job = _load(session, row.id)
                 if job is None or job.state not in (State.starting, State.running):
                     continue
-                if status is None:
-                    self._ended(
-                        job,
-                        ExitStatus(
-                            "lost",
-                            detail="the server stopped while "
-                            "launching it; it was not started again",
-                        ),
-                    )
-                elif status.running:
+                if status.running:
                     job.warnings = list(status.warnings)
                     if job.state == State.starting:
                         self._starting(job, status)
@@ -119,6 +111,26 @@ class WorkloadController:
                     self._ended(job, status.exit or ExitStatus("lost", detail="no exit status"))
                 session.commit()
         self.interval = ENGINE_START_INTERVAL if queued else INTERVAL
+
+    def adopt(self, job_id: int) -> None:
+        """A job left `starting` without a handle by a server that stopped mid-launch: the
+        backend may have started it, or not. Its launch is idempotent for the same attempt
+        (the same state directory): asked again it returns the handle of what it started,
+        or starts it now if it never did. Either way exactly one process runs, tracked by
+        this row; nothing is declared lost while it may still run."""
+        with self.database.writing() as session:
+            job = _load(session, job_id)
+            if job is None or job.state != State.starting or job.handle is not None:
+                return
+            try:
+                spec = self._launch_spec(job, fresh=False)
+                outcome: Handle | Exception = self.backend.launch(spec)
+            except Exception as error:
+                log.exception("re-adopting job %s failed", job_id)
+                outcome = error
+            note(job, "event.adopted")
+            self._launched(job, outcome)
+            session.commit()
 
     def _unchanged(self, row: Any, status: Status) -> bool:
         """Still running (or still queued for the same reason) with the same warnings."""
@@ -141,7 +153,8 @@ class WorkloadController:
             return
         job.pending_code, job.pending_params = "", {}
         self._take_engine_start(job, status)
-        move(job, State.running, "event.started_on", **_placement_params(_placement(job.placement)))
+        event, params = _placed("event.started_on", _placement(job.placement))
+        move(job, State.running, event, **params)
 
     @staticmethod
     def _take_engine_start(job: Job, status: Status) -> None:
@@ -152,6 +165,11 @@ class WorkloadController:
             job.started_at = datetime.fromtimestamp(status.started_at, UTC)
 
     def _ended(self, job: Job, exit: ExitStatus) -> None:
+        self._record_exit(job, exit)
+        if job.state in TERMINAL and exit.ended_at:  # not the time we learnt it
+            job.finished_at = datetime.fromtimestamp(exit.ended_at, UTC)
+
+    def _record_exit(self, job: Job, exit: ExitStatus) -> None:
         job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
         job.exit_detail = exit.detail[:2000]
         job.usage = dict(exit.usage)
@@ -292,9 +310,8 @@ class WorkloadController:
                     self._requests[job.id][0], memory_of.get(devices[0].device) if devices else None
                 )
                 job.pending_code, job.pending_params, job.pending_position = "", {}, 0
-                move(
-                    job, State.admitted, "event.admitted", **_placement_params(admission.placement)
-                )
+                event, params = _placed("event.admitted", admission.placement)
+                move(job, State.admitted, event, **params)
                 admitted.append(job.id)
             for preemption in decisions.preempt:
                 victim = session.get(Job, preemption.victim)
@@ -325,6 +342,7 @@ class WorkloadController:
             max_duration=max_duration,
             started_at=row.started_at.timestamp() if row.started_at else None,
             placement=placement,
+            identity=unixaccounts.account_of(self.settings, row.user_name) or "",
         )
 
     def _parsed(
@@ -350,6 +368,8 @@ class WorkloadController:
         """Launch what was admitted: one write transaction marks them all `starting`, the
         backend starts each, one more records every handle (two commits however many jobs
         a cycle admits: a burst of submits is not held up by a commit per job)."""
+        if not job_ids:
+            return
         specs: dict[int, LaunchSpec] = {}
         with self.database.writing() as session:
             for job_id in job_ids:
@@ -358,8 +378,13 @@ class WorkloadController:
                     continue
                 job.attempts += 1
                 move(job, State.starting, "event.attempt", attempt=job.attempts)
-                specs[job_id] = self._launch_spec(job)
+                try:
+                    specs[job_id] = self._launch_spec(job, fresh=True)
+                except (unixaccounts.AccountError, OSError) as error:
+                    self._ended(job, ExitStatus("launch_error", detail=str(error)))
             session.commit()
+        if specs:
+            faults.point("launch.marked_starting")
         outcomes: dict[int, Handle | Exception] = {}
         for job_id, spec in specs.items():
             try:
@@ -367,40 +392,48 @@ class WorkloadController:
             except Exception as error:  # a launch error fails this attempt, not the others
                 log.exception("launching job %s failed", job_id)
                 outcomes[job_id] = error
+            faults.point("launch.launched_one")
         if not outcomes:
             return
         with self.database.writing() as session:
             for job_id, outcome in outcomes.items():
                 job = _load(session, job_id)
-                if job is None:
-                    continue
-                if isinstance(outcome, Exception):
-                    self._ended(job, ExitStatus("launch_error", detail=str(outcome)))
-                    continue
-                job.handle = outcome
-                job.warnings = list(self.backend.warnings(outcome))
-                if self.backend.places_work:  # in the engine's queue: follow() sees it start
-                    note(job, "event.submitted_to_engine", engine=self.engine)
-                    self.interval = ENGINE_START_INTERVAL
-                else:
-                    job.started_at = utcnow()
-                    move(job, State.running, "event.started")
+                if job is not None:
+                    self._launched(job, outcome)
             session.commit()
+        faults.point("launch.recorded")
 
-    def _launch_spec(self, job: Job) -> LaunchSpec:
+    def _launched(self, job: Job, outcome: Handle | Exception) -> None:
+        """Record what the backend's launch gave: the handle, or why it failed."""
+        if isinstance(outcome, Exception):
+            self._ended(job, ExitStatus("launch_error", detail=str(outcome)))
+            return
+        job.handle = outcome
+        job.warnings = list(self.backend.warnings(outcome))
+        if self.backend.places_work:  # in the engine's queue: follow() sees it start
+            note(job, "event.submitted_to_engine", engine=self.engine)
+            self.interval = ENGINE_START_INTERVAL
+        else:
+            job.started_at = utcnow()
+            move(job, State.running, "event.started")
+
+    def _launch_spec(self, job: Job, *, fresh: bool) -> LaunchSpec:
+        """What the backend needs to start this attempt. `fresh`: a new attempt (a dev
+        environment gets a new token); else the same attempt again, for `adopt`."""
         spec = parse_spec(job.kind, job.spec)
-        folder = job_dir(self.settings, job.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        run_as = self.settings.unix_users.get(job.user_name)
+        run_as = unixaccounts.account_of(self.settings, job.user_name)
+        account = unixaccounts.ensure(self.settings, run_as, job.user_name) if run_as else None
+        first = fresh and job.attempts == 1
+        folder = workfolders.prepare(self.settings, job.id, account, first=first)
         env = {**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name}
         launcher = "none"
         if isinstance(spec, DevEnvSpec):
-            workdir = Path(spec.workdir) if spec.workdir else self._home(run_as, folder)
-            argv = self._agent(job, spec, run_as, workdir, env)
+            home = Path(account.pw_dir) if account else Path.home()
+            workdir = Path(spec.workdir) if spec.workdir else home
+            argv = self._agent(job, spec, folder, workdir, env, fresh=fresh)
         else:
             if spec.script is not None:
-                script = folder / "script.sh"
-                script.write_text(spec.script, encoding="utf-8")
+                script = workfolders.write(folder, "script.sh", spec.script, account)
                 argv = ("/bin/bash", str(script))
             else:
                 argv = tuple(spec.command or ())
@@ -423,7 +456,7 @@ class WorkloadController:
             placement=placement,
             limits=Limits(cpus=resources.cpus, memory_bytes=resources.memory),
             log_path=log_path(self.settings, job.id),
-            state_dir=folder / f"attempt-{job.attempts}",
+            state_dir=job_dir(self.settings, job.id) / f"attempt-{job.attempts}",
             run_as=run_as,
             max_duration=spec.max_duration,
         )
@@ -432,24 +465,23 @@ class WorkloadController:
         self,
         job: Job,
         spec: DevEnvSpec,
-        run_as: str | None,
+        folder: Path,
         workdir: Path,
         env: dict[str, str],
+        *,
+        fresh: bool,
     ) -> tuple[str, ...]:
         """A dev environment's command: the agent, told by one variable what to start. Its
-        token is new at every start; the folder it reports to is its user's."""
-        job.secret = secrets.token_urlsafe(32)
-        where = devenvs.folder(self.settings, job.id)
-        where.mkdir(parents=True, exist_ok=True)
-        (where / endpoints.ENDPOINTS_FILE).unlink(missing_ok=True)
-        if run_as and os.geteuid() == 0:
-            shutil.chown(where, run_as)
+        token is new at every start; it reports to its own folder."""
+        if fresh or not job.secret:
+            job.secret = secrets.token_urlsafe(32)
+            workfolders.remove(folder, endpoints.ENDPOINTS_FILE)
         prefix = self.settings.devenv_environments.get(spec.environment or "")
         agent_python = self.settings.devenv_agent_python or sys.executable
         python = str(prefix / "bin" / "python") if prefix else agent_python
         config = AgentConfig(
             env_id=job.id,
-            folder=str(where),
+            folder=str(folder),
             tools=tuple(spec.tools),
             token=job.secret,
             gateway_key=keys.public_line(keys.client_key(self.settings.data_dir)),
@@ -465,17 +497,12 @@ class WorkloadController:
         env["PYTHONPATH"] = endpoints.with_source(env.get("PYTHONPATH", ""))
         return (agent_python, "-m", "suanli.devenvs.agent")
 
-    @staticmethod
-    def _home(run_as: str | None, folder: Path) -> Path:
-        """Where an environment without a working directory starts: its user's home."""
-        try:
-            return Path(pwd.getpwnam(run_as).pw_dir if run_as else Path.home())
-        except KeyError:
-            return folder
-
 
 def parse_spec(kind: str, data: dict[str, Any]) -> JobSpec | DevEnvSpec:
-    return DevEnvSpec.model_validate(data) if kind == devenvs.KIND else JobSpec.model_validate(data)
+    """A stored spec, as it was accepted: rules added since (STORED skips them) must not make
+    an old row fail every scheduler cycle."""
+    model = DevEnvSpec if kind == devenvs.KIND else JobSpec
+    return model.model_validate(data, context=STORED)
 
 
 def _load(session: Session, job_id: int) -> Job | None:
@@ -523,10 +550,14 @@ def _placement(data: dict[str, Any] | None) -> sched.Placement:
     )
 
 
-def _placement_params(placement: sched.Placement | None) -> dict[str, str]:
-    if placement is None:
-        return {"node": "-", "gpus": "-"}
-    return {"node": placement.node, "gpus": ", ".join(d.device for d in placement.devices) or "-"}
+def _placed(event: str, placement: sched.Placement | None) -> tuple[str, dict[str, str]]:
+    """The history's words for where it goes: `event` with its node and GPUs, or the
+    `_cpu` variant without GPUs, or `_engine` where the engine chooses the node."""
+    if placement is None or not placement.node:
+        return f"{event}_engine", {}
+    if not placement.devices:
+        return f"{event}_cpu", {"node": placement.node}
+    return event, {"node": placement.node, "gpus": ", ".join(d.device for d in placement.devices)}
 
 
 def _exit_params(job: Job) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 # before it starts anything, so the users' shells never see the tools' token.
 CONFIG_VARIABLE = "SUANLI_DEVENV_CONFIG"
 ENDPOINTS_FILE = "endpoints.json"
+MAX_ENDPOINTS_BYTES = 64 * 1024
 
 
 def source_root() -> str:
@@ -71,12 +73,21 @@ def write(folder: Path, endpoints: Endpoints) -> None:
 
 
 def read(folder: Path) -> Endpoints | None:
+    """What the agent wrote. The folder is its user's: the file may be a link to the
+    platform's secrets, a pipe or a giant; none of these is followed, waited on or read."""
     try:
-        data: dict[str, Any] = json.loads((folder / ENDPOINTS_FILE).read_text(encoding="utf-8"))
+        fd = os.open(folder / ENDPOINTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = handle.read(MAX_ENDPOINTS_BYTES + 1)
+        if len(text) > MAX_ENDPOINTS_BYTES:
+            return None
+        data: dict[str, Any] = json.loads(text)
         return Endpoints(
             host=str(data["host"]),
             ports={str(k): int(v) for k, v in data.get("ports", {}).items()},
             ssh_host_key=str(data.get("ssh_host_key", "")),
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None

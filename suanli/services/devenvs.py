@@ -38,8 +38,8 @@ KIND = "devenv"
 
 
 def folder(settings: Settings, env_id: int) -> Path:
-    """Where the agent writes its endpoints (writable by the environment's user)."""
-    return jobs.job_dir(settings, env_id) / "devenv"
+    """Where the agent writes its endpoints: the environment's own folder."""
+    return jobs.work_folder(settings, env_id)
 
 
 def code_server(settings: Settings) -> str:
@@ -161,7 +161,8 @@ def remove(session: Session, actor: Actor, env_id: int, settings: Settings) -> N
     )
     session.delete(job)
     commit(session, "error.conflict")
-    shutil.rmtree(jobs.job_dir(settings, env_id), ignore_errors=True)
+    for folder in (jobs.job_dir(settings, env_id), jobs.work_folder(settings, env_id)):
+        shutil.rmtree(folder, ignore_errors=True)  # never follows the user's links
 
 
 def may_enter(session: Session, actor: Actor, job: Job) -> None:

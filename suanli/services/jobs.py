@@ -6,11 +6,14 @@ sees its jobs and their logs; a job's author, the project's owners and administr
 cancel it. Everyone else gets 404 for the project's jobs.
 """
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -21,6 +24,7 @@ from suanli.core.states import ACTIVE, TERMINAL, State
 from suanli.db.models import Job, JobEvent, Membership, Project, utcnow
 from suanli.scheduler import check_feasible
 from suanli.scheduler import model as sched
+from suanli.scheduler.feasibility import check_quota_ceiling
 from suanli.schemas.jobs import JobListQuery, JobSpec
 from suanli.services import audit
 from suanli.services.actor import Actor
@@ -38,12 +42,37 @@ PRIORITIES = {
 
 
 def job_dir(settings: Settings, job_id: int) -> Path:
-    """A workload's own directory: its scripts, its log, its backend's files."""
+    """The platform's files of a workload (its backend's state, the history of its
+    attempts), inside the data directory: no workload reaches them."""
     return settings.data_dir / "jobs" / str(job_id)
 
 
+def work_folder(settings: Settings, job_id: int) -> Path:
+    """A workload's own folder, owned by its Unix account: its script, its log, a dev
+    environment's endpoints; its working directory unless it names one."""
+    return settings.effective_work_dir / str(job_id)
+
+
 def log_path(settings: Settings, job_id: int) -> Path:
-    return job_dir(settings, job_id) / "output.log"
+    """Where the workload's output goes. Logs of workloads from before the work folders
+    stay where they were written."""
+    path = work_folder(settings, job_id) / "output.log"
+    earlier = job_dir(settings, job_id) / "output.log"
+    return earlier if not path.exists() and earlier.exists() else path
+
+
+def open_log(path: Path) -> BinaryIO | None:
+    """Open a log for reading as its reader must: the file lies in a folder its workload's
+    user owns, who may have put a link to the platform's secrets or a pipe there instead.
+    None when there is no regular file to read (yet)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def request_of(spec: "JobSpec | DevEnvSpec") -> sched.Request:
@@ -75,6 +104,38 @@ def check_runnable(spec: "JobSpec | DevEnvSpec", nodes: Sequence[sched.Node]) ->
         raise InvalidInput(f"infeasible.{code}", field="resources", **params)
 
 
+def check_quota(
+    spec: "JobSpec | DevEnvSpec", project: Project, nodes: Sequence[sched.Node]
+) -> None:
+    """Refuse a workload larger than its project's quota lets it hold at once: even with
+    nothing else running it would wait for ever for the project's GPUs (CPUs, memory)."""
+    quota = project.quota
+    ceiling = sched.Quota(
+        project.name,
+        guaranteed_gpus=quota.guaranteed_gpus,
+        max_gpus=quota.max_gpus,
+        max_gpus_per_user=quota.max_gpus_per_user,
+        cpus=quota.cpus,
+        memory_bytes=quota.memory_bytes,
+    )
+    problem = check_quota_ceiling(request_of(spec), ceiling, nodes)
+    if problem is not None:
+        code, params = problem
+        field = _QUOTA_FIELDS.get(code) or _gpu_field(spec)
+        raise InvalidInput(f"infeasible.{code}", field=field, project=project.name, **params)
+
+
+_QUOTA_FIELDS = {"quota_cpus": "resources.cpus", "quota_memory": "resources.memory"}
+
+
+def _gpu_field(spec: "JobSpec | DevEnvSpec") -> str:
+    """The field that asks for GPUs: the count, or the fraction's memory or compute."""
+    resources = spec.resources
+    if resources.gpus or not resources.is_fraction:
+        return "resources.gpus"
+    return "resources.gpu_memory" if resources.gpu_memory else "resources.gpu_compute_percent"
+
+
 def submit(
     session: Session,
     actor: Actor,
@@ -85,14 +146,17 @@ def submit(
     kind: str = "job",
     stored: dict[str, Any] | None = None,
 ) -> Job:
-    """Accept a workload that some node could ever run; one that no node could run is refused
-    here rather than left pending forever. Requests above quota are accepted and pend.
+    """Accept a workload that some node could ever run within its project's quota; one that
+    no node could run, or that is larger than the quota lets the project hold at once, is
+    refused here rather than left pending forever. One that fits once other work has ended
+    is accepted and pends.
     `stored`: the spec as it is to be kept, where the caller completed it."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
     check_runnable(spec, nodes)
+    check_quota(spec, project, nodes)
     job = Job(
         kind=kind,
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
@@ -195,9 +259,14 @@ def resubmit(
     nodes: Sequence[sched.Node],
     unix_users: Mapping[str, str],
 ) -> Job:
-    """Submit the same spec again, as the caller."""
+    """Submit the same spec again, as the caller: under today's rules, which a spec kept
+    from before a rule existed may break."""
     job = get_job(session, actor, job_id)
-    spec = JobSpec.model_validate({**job.spec, "project": job.project.name})
+    try:
+        spec = JobSpec.model_validate({**job.spec, "project": job.project.name})
+    except ValidationError as error:
+        where = ".".join(str(part) for part in error.errors()[0]["loc"])
+        raise InvalidInput("error.spec_outdated", field=where, where=where) from None
     return submit(session, actor, spec, nodes, unix_users)
 
 
@@ -223,9 +292,10 @@ def read_log(
     job has ended (so a follower knows when to stop)."""
     job = get_job(session, actor, job_id, kind=kind)
     finished = State(job.state).terminal
-    if not path.exists():
+    handle = open_log(path)
+    if handle is None:
         return LogChunk("", offset, finished)
-    with path.open("rb") as handle:
+    with handle:
         size = handle.seek(0, 2)
         if tail is not None:
             offset = _tail_offset(handle, size, tail)

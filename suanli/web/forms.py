@@ -16,6 +16,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 
 from suanli.api.problems import field_errors
+from suanli.core import documents
 from suanli.core.errors import SuanliError
 from suanli.core.quantities import parse_bytes
 from suanli.i18n import translate
@@ -171,12 +172,12 @@ def key_values(text: str, field: str, message: str) -> dict[str, str]:
 
 
 def _yaml_spec(text: str) -> dict[str, Any]:
+    """The YAML field, read within bounds (no aliases, size and nesting capped): it is CPU
+    work, so callers run it in a worker thread."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise FormError("yaml", "web.error.yaml_syntax", line=line) from None
+        document = documents.load_yaml(text)
+    except documents.DocumentError as error:
+        raise FormError("yaml", error.key, **error.params) from None
     if not isinstance(document, dict):
         raise FormError("yaml", "web.error.yaml_mapping")
     return document

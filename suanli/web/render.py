@@ -122,6 +122,7 @@ def context(request: Request, values: Mapping[str, Any]) -> dict[str, Any]:
         "percent": percent,
         "csrf": session.csrf_token(request),
         "flash": request.cookies.get(FLASH_COOKIE, ""),
+        "isolation": request.app.state.isolation if viewer and viewer.actor.is_admin else [],
         **values,
     }
 

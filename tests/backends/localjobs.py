@@ -95,5 +95,7 @@ class Jobs:
 
 def make_backend(root: Path, cgroup_parent: str, **kwargs) -> LocalBackend:
     kwargs.setdefault("timeout_grace_seconds", 0.5)
-    settings = kwargs.pop("settings", None) or Settings(data_dir=root / "data")
+    settings = kwargs.pop("settings", None) or Settings(
+        data_dir=root / "data", workload_identity="server"
+    )
     return LocalBackend(settings, cgroup_parent=cgroup_parent, **kwargs)

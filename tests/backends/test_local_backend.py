@@ -207,7 +207,8 @@ SERVER = textwrap.dedent(
     from suanli.scheduler.model import Placement
 
     root, parent = Path(sys.argv[1]), sys.argv[2]
-    backend = LocalBackend(Settings(data_dir=root / "data"), cgroup_parent=parent)
+    settings = Settings(data_dir=root / "data", workload_identity="server")
+    backend = LocalBackend(settings, cgroup_parent=parent)
     handles = {}
     for job_id, (name, script) in enumerate(
         [("long", "echo started; sleep 1.5; echo finished"), ("short", "echo quick; exit 4")]

@@ -1,8 +1,8 @@
-"""GPU fractions: the MPS environment of a job, the one-identity rule, and the per-GPU
-control daemons' life cycle (with a stand-in for nvidia-cuda-mps-control: no GPU here)."""
+"""GPU fractions: the MPS environment of a job, fractions run as their own users, and the
+per-GPU control daemons' life cycle (with a stand-in for nvidia-cuda-mps-control: no GPU
+here)."""
 
 import json
-import os
 import stat
 import time
 from pathlib import Path
@@ -75,35 +75,23 @@ def test_fraction_on_a_simulated_gpu(jobs: Jobs) -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-sim-box-0"
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=8192M"
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
-    data_dir = jobs.backend.data_dir
-    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(data_dir / "mps" / "GPU-sim-box-0" / "pipe")
+    work_dir = jobs.backend.work_dir
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(work_dir / "mps" / "GPU-sim-box-0" / "pipe")
     assert status.warnings == (
         "GPU share on GPU-sim-box-0 is not enforced: the device is simulated",
     )
-    assert not (data_dir / "mps").exists()  # no daemon for a simulated GPU
+    assert not (work_dir / "mps").exists()  # no daemon for a simulated GPU
 
 
-def test_fractions_of_mapped_users_need_a_dedicated_mps_user(jobs: Jobs, unix_user: str) -> None:
+def test_fractions_run_as_their_own_user(jobs: Jobs, unix_user: str) -> None:
+    """No shared MPS identity: a fraction's job is its user's like any other (the scheduler
+    keeps fractions of two users off one GPU at a time)."""
     share = DeviceShare("GPU-sim-box-0", memory_bytes=GiB)
-    spec = jobs.spec(["id", "-un"], placement=Placement("box", (share,)), run_as=unix_user)
-    status = jobs.run(spec)
-    assert status.exit.exit_code == 125
-    assert "dedicated MPS user" in status.exit.detail
-
-
-def test_fractions_run_as_the_mps_user(tmp_path: Path, cgroup_parent: str, unix_user: str) -> None:
-    jobs = Jobs(tmp_path, make_backend(tmp_path, cgroup_parent, mps_user=unix_user))
-    share = DeviceShare("GPU-sim-box-0", memory_bytes=GiB)
-    for run_as in (None, "someone-mapped"):  # whoever submitted it: one identity per GPU
-        spec = jobs.spec(
-            ["id", "-un"], placement=Placement("box", (share,)), run_as=run_as, workdir=Path("/")
-        )
-        assert jobs.run(spec).exit.exit_code == 0
-        assert jobs.log(spec) == f"{unix_user}\n"
-    # whole GPUs keep the job's own identity (here: the server's, no mapping)
-    spec = jobs.spec(["id", "-u"], placement=Placement("box", (DeviceShare("GPU-sim-box-1"),)))
+    spec = jobs.spec(
+        ["id", "-un"], placement=Placement("box", (share,)), run_as=unix_user, workdir=Path("/")
+    )
     assert jobs.run(spec).exit.exit_code == 0
-    assert jobs.log(spec) == f"{os.geteuid()}\n"
+    assert jobs.log(spec) == f"{unix_user}\n"
 
 
 FAKE_CONTROL = """#!/bin/sh
@@ -141,8 +129,8 @@ def test_one_daemon_per_shared_gpu_while_fractions_use_it(
     tmp_path: Path, cgroup_parent: str, control: str
 ) -> None:
     gpu = FakeGpu("GPU-real-0")  # a real GPU as NVML would report it
-    data_dir = tmp_path / "data"
-    daemons = MpsDaemons(data_dir, control=control)
+    work_dir = tmp_path / "data" / "work"  # the backend's: make_backend's settings
+    daemons = MpsDaemons(work_dir, control=control)
     backend = make_backend(tmp_path, cgroup_parent, nvml=FakeNvml([gpu]), mps=daemons)
     jobs = Jobs(tmp_path, backend)
     share = Placement("box", (DeviceShare("GPU-real-0", memory_bytes=GiB),))
@@ -154,7 +142,7 @@ def test_one_daemon_per_shared_gpu_while_fractions_use_it(
     assert daemons.running("GPU-real-0")
     status = jobs.run(second)
     assert status.warnings == ()  # enforced: no warning
-    paths = mps_paths(data_dir, "GPU-real-0")
+    paths = mps_paths(work_dir, "GPU-real-0")
     assert (paths.log_dir / "started").read_text() == "GPU-real-0\n"  # started once
     env = json.loads(jobs.log(second))
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(paths.pipe_dir)
@@ -179,6 +167,24 @@ def test_a_daemon_left_by_a_crashed_server_is_stopped(tmp_path: Path, control: s
     assert daemons.running("GPU-y") and daemons.clients("GPU-y") == ["k2"]
     daemons.release("GPU-y", "k2")
     _wait_stopped(daemons, "GPU-y")
+
+
+def test_a_starting_backend_stops_the_daemons_a_crash_left(
+    tmp_path: Path, cgroup_parent: str, control: str
+) -> None:
+    """A server killed while a fraction ran, restarted after the job ended: the backend's
+    first inventory reaps the daemon nobody needs any more."""
+    daemons = MpsDaemons(tmp_path / "data" / "work", control=control)
+    ended = tmp_path / "ended"
+    ended.mkdir()
+    (ended / "status.json").write_text("{}")
+    assert daemons.acquire("GPU-real-0", "k1", ended) is None
+    assert daemons.running("GPU-real-0")
+    restarted = MpsDaemons(tmp_path / "data" / "work", control=control)  # a new process's
+    nvml = FakeNvml([FakeGpu("GPU-real-0")])
+    make_backend(tmp_path, cgroup_parent, nvml=nvml, mps=restarted).inventory()
+    _wait_stopped(daemons, "GPU-real-0")
+    assert daemons.clients("GPU-real-0") == []
 
 
 def test_without_the_mps_binary_the_share_is_not_enforced(tmp_path: Path) -> None:

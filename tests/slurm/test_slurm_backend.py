@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentpython import agent_python
 from slurmcluster import Cluster, running_cluster
 from waiting import attempt
 
@@ -70,8 +71,9 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
     """A Suanli server on the cluster; the admin maps to ALICE, `bobby` to BOB, `rooty` to
-    root (refused). Its data directory is where the cluster's nodes can write (not pytest's
-    private tmp): job logs are written there by the jobs' users."""
+    root (refused). Its work directory is where the cluster's nodes can write (not pytest's
+    private tmp): job logs are written there by the jobs' users; its data directory stays
+    the server's alone."""
     for name in (ALICE, BOB):
         _unix_user(name)
     base = Path(tempfile.mkdtemp(prefix="suanli-on-slurm-", dir="/tmp"))
@@ -81,12 +83,12 @@ def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
         "SUANLI_SLURM__REST_URL": cluster.info["SLURMRESTD_URL"],
         "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
         "SUANLI_UNIX_USERS": json.dumps({"admin": ALICE, "bobby": BOB, "rooty": "root"}),
+        "SUANLI_WORK_DIR": str(base / "work"),
         "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
         "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
         "SUANLI_DEVENV_AGENT_PYTHON": agent_python(),
     }
     server = launch_server(base, env)
-    (base / "data").chmod(0o755)
     try:
         admin = server.login()
         admin.projects.create("hpc")
@@ -94,40 +96,6 @@ def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
     finally:
         server.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
-
-
-AGENT_VENV = Path("/tmp/suanli-agent-venv")  # noqa: S108 - kept between runs on purpose
-
-
-def agent_python() -> str:
-    """A Python the jobs' users can run on the nodes, importing this suanli: Debian's, in a
-    virtual environment under /tmp with the agent's two packages and a copy of the code (the
-    checkout may sit where other users cannot read, as under /root)."""
-    python = AGENT_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(AGENT_VENV)], check=True)
-        constraints = Path(__file__).resolve().parents[2] / "constraints.txt"
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-c",
-                str(constraints),
-                "asyncssh",
-                "websockets",
-            ],
-            check=True,
-        )
-    site = next((AGENT_VENV / "lib").glob("python3*/site-packages"))
-    subprocess.run(["rm", "-rf", str(site / "suanli")], check=True)
-    source = Path(__file__).resolve().parents[2] / "suanli"
-    subprocess.run(["cp", "-r", str(source), str(site / "suanli")], check=True)
-    subprocess.run(["chmod", "-R", "a+rX", str(AGENT_VENV)], check=True)
-    return str(python)
 
 
 def slurm_jobs(cluster: Cluster) -> list[dict[str, Any]]:
@@ -409,9 +377,9 @@ def suanli_on_commands(cluster: Cluster, launch_server) -> Iterator[Any]:
         "SUANLI_BACKEND": "slurm",
         "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
         "SUANLI_UNIX_USERS": json.dumps({"admin": BOB}),
+        "SUANLI_WORK_DIR": str(base / "work"),
     }
     server = launch_server(base, env)
-    (base / "data").chmod(0o755)
     try:
         admin = server.login()
         admin.projects.create("hpc")

@@ -193,12 +193,35 @@ def test_pending_without_a_reason_shows_its_state() -> None:
     assert status == Status(running=True, queued="CONFIGURING")
 
 
-@pytest.mark.parametrize("state", ["PENDING", "REQUEUED", "REQUEUE_HOLD"])
-def test_requeued_after_a_node_failure_ended_this_attempt(state: str) -> None:
-    requeued = job(state, restart_cnt=1, state_reason="BeginTime")
+RESTARTED = "Slurm restarted it (1×) after its node failed"
+
+
+@pytest.mark.parametrize("state", ["PENDING", "REQUEUED", "REQUEUE_HOLD", "RUNNING"])
+def test_a_restart_ends_this_attempt_in_every_state(state: str) -> None:
+    """Queued again, or already running again on another node between two looks: this
+    attempt ended with its first run (the backend cancels the restart)."""
+    requeued = job(state, restart_cnt=1, state_reason="BeginTime", nodes="node2", start_time=2000)
     assert status_of(requeued, HANDLE, now=NOW, timed_out=False) == Status(
-        running=False, exit=ExitStatus("node_failed", detail="Slurm requeued it")
+        running=False, exit=ExitStatus("node_failed", detail=RESTARTED)
     )
+
+
+def test_a_restart_that_already_ran_to_completion_is_not_a_success() -> None:
+    """Slurm (JobRequeue=1, or slurmrestd ignoring "requeue": false) ran it again on another
+    node and it completed between two polls: not `succeeded` with the first start time."""
+    rerun = ended("COMPLETED", exit_code=0, restart_cnt=1, nodes="node2", end_time=1090)
+    status = status_of(rerun, HANDLE, now=NOW, timed_out=False)
+    assert status.running is False and status.placement is None and status.started_at is None
+    assert status.exit == ExitStatus(
+        "node_failed", detail=f"{RESTARTED}; the restarted run ended as COMPLETED on node2"
+    )
+    assert status.exit.ended_at == 1090.0
+
+
+def test_an_ended_job_says_when_it_ended() -> None:
+    """A server that was down learns of the end later: the end is Slurm's end time."""
+    status = status_of(ended("COMPLETED", exit_code=0), HANDLE, now=NOW, timed_out=False)
+    assert status.exit is not None and status.exit.ended_at == 1060.0
 
 
 def test_running_reports_placement_across_nodes() -> None:

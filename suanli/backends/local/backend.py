@@ -17,10 +17,12 @@ session (its id is in `process.json`).
 server that crashed between launching and recording the handle), it returns the same handle
 and never starts the job twice.
 
-Unix users: `spec.run_as` runs the job as that user (the server must run as root). A mapped
-user that does not exist, or that is the server's own user, is refused with a failed status
-(exit code 125 and a detail that says why) rather than run as someone else. GPU fractions
-follow the identity rule in `suanli.backends.local.mps`.
+Unix users: `spec.run_as` runs the job as that account (the server must run as root). An
+account that does not exist, root, or the server's own user is refused with a failed status
+(exit code 125 and a detail that says why) rather than run as someone else; GPU fractions
+too (see the identity rule in `suanli.backends.local.mps`). The wrapper itself gets only an
+allow-listed environment: nothing of the server's (its secrets included) reaches a job, not
+even through `/proc/<wrapper>/environ`.
 """
 
 import contextlib
@@ -39,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import suanli
+from suanli import faults
 from suanli.backends import launchers
 from suanli.backends.base import ExitStatus, Handle, LaunchSpec, Status
 from suanli.backends.local import cgroups, state
 from suanli.backends.local.jobstats import JobStats
-from suanli.backends.local.mps import MpsDaemons, device_environment, fractional_shares
+from suanli.backends.local.mps import MpsDaemons, device_environment
 from suanli.backends.local.watchdog import Offence, ProcessSample, Share, offenders, sample
 from suanli.config import Settings
 from suanli.gpu.discovery import discover, is_simulated_uuid
@@ -65,9 +68,8 @@ class Refused(Exception):
 class LocalBackend:
     """Runs workloads as local processes. See the module docstring.
 
-    settings: data directory (MPS pipes and logs live under it) and simulated GPUs.
+    settings: the work directory (MPS pipes live under it) and simulated GPUs.
     nvml: an `Nvml` to use instead of loading the real one (tests pass a test double).
-    mps_user: the one Unix identity of all fractional jobs (see `mps`); None: the server's.
     cgroup_parent: the cgroup under each hierarchy's root that holds the jobs' cgroups.
     cgroup_mounts: where to read the mounts from (tests point it elsewhere).
     timeout_grace_seconds: SIGTERM → SIGKILL delay for jobs that reach their max duration and
@@ -85,7 +87,6 @@ class LocalBackend:
         settings: Settings,
         *,
         nvml: Nvml | None = None,
-        mps_user: str | None = None,
         mps: MpsDaemons | None = None,
         cgroup_parent: str = "suanli",
         cgroup_mounts: Path = Path("/proc/self/mounts"),
@@ -95,9 +96,8 @@ class LocalBackend:
         python: str = sys.executable,
     ) -> None:
         self.settings = settings
-        self.data_dir = Path(settings.data_dir)
-        self.mps_user = mps_user
-        self.mps = mps or MpsDaemons(self.data_dir, owner=mps_user)
+        self.work_dir = Path(settings.effective_work_dir)
+        self.mps = mps or MpsDaemons(self.work_dir)
         self.cgroup_parent = cgroup_parent
         self.hierarchies = cgroups.detect(cgroup_mounts)
         self.timeout_grace_seconds = timeout_grace_seconds
@@ -116,6 +116,8 @@ class LocalBackend:
 
     # -- inventory and telemetry --------------------------------------------------------
     def inventory(self) -> tuple[Host, ...]:
+        if self._host is None:  # the first look of this process: reap what a crash left
+            self.reconcile_gpu_shares()
         host = discover(self.settings, nvml=self._get_nvml())
         self._host = host
         return (host,)
@@ -153,7 +155,7 @@ class LocalBackend:
             try:
                 plan["env"] = {
                     **plan["env"],
-                    **device_environment(spec.job_id, spec.placement, self.data_dir),
+                    **device_environment(spec.job_id, spec.placement, self.work_dir),
                 }
                 plan["run_as"] = self._identity(spec)
             except (Refused, ValueError) as error:
@@ -165,6 +167,7 @@ class LocalBackend:
             plan["cgroups"]["dirs"] = job_cgroups.to_json()
             plan["warnings"] += self._acquire_gpu_shares(plan, state_dir)
             state.write_json(state_dir / state.JOB, plan)
+            faults.point("local.planned")
             try:
                 with open(state_dir / state.WRAPPER_LOG, "ab") as wrapper_log:
                     child = subprocess.Popen(  # noqa: S603 - our own module, an argument vector
@@ -183,6 +186,7 @@ class LocalBackend:
                 (state_dir / state.JOB).unlink()
                 raise
             self._children[child.pid] = child
+            faults.point("local.wrapper_started")
             handle = self._handle(child.pid, state_dir)
             state.write_json(state_dir / state.HANDLE, handle)
             return handle
@@ -241,37 +245,31 @@ class LocalBackend:
         state.write_json(state_dir / state.HANDLE, handle)
         return handle
 
-    def _identity(self, spec: LaunchSpec) -> str | None:
-        if fractional_shares(spec.placement):
-            if self.mps_user:
-                user = self.mps_user
-            elif spec.run_as:
-                raise Refused(
-                    "GPU fractions share one MPS server per GPU, which serves one Unix user "
-                    "at a time; jobs that run as their own Unix users need a dedicated MPS "
-                    "user configured for fractional GPUs"
-                )
-            else:
-                return None
-        else:
-            user = spec.run_as
-        if user is None:
+    @staticmethod
+    def _identity(spec: LaunchSpec) -> str | None:
+        """The account the job runs as: its own, whatever GPUs it has (each GPU's MPS
+        serves one account at a time, and the scheduler never mixes accounts on one)."""
+        if spec.run_as is None:
             return None
         try:
-            entry = pwd.getpwnam(user)
+            entry = pwd.getpwnam(spec.run_as)
         except KeyError:
-            raise Refused(f"the Unix user {user!r} does not exist") from None
-        if user == spec.run_as and entry.pw_uid == os.geteuid():
+            raise Refused(f"the Unix user {spec.run_as!r} does not exist") from None
+        if entry.pw_uid == os.geteuid():
             raise Refused(
-                f"refusing to run the job as {user!r}, the server's own user: with a user "
-                "mapping, jobs never run as the server"
+                f"refusing to run the job as {spec.run_as!r}, the server's own user: with a "
+                "user mapping, jobs never run as the server"
             )
-        return user
+        if entry.pw_uid == 0:
+            raise Refused(f"refusing to run the job as {spec.run_as!r}: jobs never run as root")
+        return spec.run_as
 
     def _refuse(self, state_dir: Path, plan: dict[str, Any], detail: str) -> Handle:
         state.write_json(state_dir / state.JOB, plan)
-        with contextlib.suppress(OSError), open(plan["log_path"], "a") as job_log:
-            job_log.write(f"[suanli] the job did not start: {detail}\n")
+        with contextlib.suppress(OSError):
+            fd = state.open_log(plan["log_path"])
+            os.write(fd, f"[suanli] the job did not start: {detail}\n".encode())
+            os.close(fd)
         now = time.time()
         status = {"reason": "exit_code", "code": 125, "signal": None, "detail": detail}
         state.write_json(state_dir / state.STATUS, {**status, "started_at": now, "ended_at": now})
@@ -317,6 +315,7 @@ class LocalBackend:
                 signal=status.get("signal"),
                 detail=str(status.get("detail", "")),
                 usage=dict(status.get("usage") or {}),
+                ended_at=status.get("ended_at"),
             ),
             warnings=self.warnings(handle),
         )
@@ -476,10 +475,20 @@ class LocalBackend:
             log.exception("GPU memory watchdog failed")
 
 
+# What the wrapper takes of the server's environment: how to find programs, the locale and
+# where Python finds `suanli`. Nothing else: the server's variables hold its secrets (the
+# administrator's password, the database's URL), and a job could read its wrapper's.
+_WRAPPER_VARIABLES = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH")
+
+
 def _wrapper_environment() -> dict[str, str]:
-    """The server's environment (the job does not inherit it: the wrapper builds the job's),
-    with this very `suanli` importable even when it runs from a source tree."""
-    env = dict(os.environ)
+    """An allow-listed environment for the wrapper, with this very `suanli` importable even
+    when it runs from a source tree."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in _WRAPPER_VARIABLES or key.startswith("LC_")
+    }
     source = str(Path(suanli.__file__).resolve().parent.parent)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if source not in paths:

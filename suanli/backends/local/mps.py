@@ -2,31 +2,27 @@
 
 How a fraction is enforced
     Every shared GPU that runs a fractional job gets its own control daemon
-    (`nvidia-cuda-mps-control -d`), started with `CUDA_VISIBLE_DEVICES=<that GPU's UUID>` and
-    its own pipe and log directories, `<data_dir>/mps/<uuid>/{pipe,log}`. A fractional job is
-    pointed at that daemon (`CUDA_MPS_PIPE_DIRECTORY`, `CUDA_MPS_LOG_DIRECTORY`) and carries
-    its share: `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` (memory; CUDA refuses allocations beyond it)
-    and `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` (compute). The memory limit is keyed by the
-    device's ordinal as the job sees it ("0=20480M"): the job sees exactly its own device, and
-    limits keyed by UUID have been reported not to apply (NVIDIA k8s-device-plugin 0.15).
-    The daemon is stopped (`quit`) when no fractional job on the GPU remains. The NVML
-    watchdog (`watchdog.py`) catches what MPS does not limit (e.g. memory outside the pinned
-    allocations) and stops the job with reason `oom`.
+    (`nvidia-cuda-mps-control -d`), started by the server with `CUDA_VISIBLE_DEVICES=<that
+    GPU's UUID>` and its own pipe and log directories, `<work_dir>/mps/<uuid>/{pipe,log}`
+    (outside the data directory: every fractional job's account must reach the pipes). A
+    fractional job is pointed at that daemon (`CUDA_MPS_PIPE_DIRECTORY`,
+    `CUDA_MPS_LOG_DIRECTORY`) and carries its share: `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`
+    (memory; CUDA refuses allocations beyond it) and `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`
+    (compute). The memory limit is keyed by the device's ordinal as the job sees it
+    ("0=20480M"): the job sees exactly its own device, and limits keyed by UUID have been
+    reported not to apply (NVIDIA k8s-device-plugin 0.15). The daemon is stopped (`quit`) when
+    no fractional job on the GPU remains. The NVML watchdog (`watchdog.py`) catches what MPS
+    does not limit (e.g. memory outside the pinned allocations) and stops the job with reason
+    `oom`.
 
-The identity rule (why fractions and per-user Unix accounts do not mix)
-    MPS runs one server per GPU for one Unix user at a time: a client of another user waits
-    until every client of the current server has finished. Fractional jobs of different
-    Unix users on one GPU would therefore run one user after another, not side by side. So
-    all fractional jobs run under ONE identity: the dedicated MPS user when one is configured
-    (`LocalBackend(mps_user=...)`), else the server's own user. A job's own `run_as` does not
-    apply to its fractional GPU work: when jobs run as mapped Unix users and no dedicated MPS
-    user is configured, a fractional job is refused with a clear message rather than run as
-    the server's user (which a user mapping forbids). Whole GPUs and MIG instances are not
-    affected: those jobs run as their mapped user.
-
-The MPS identity must be able to reach `<data_dir>/mps/<uuid>/`: when it is not the server's
-user, the data directory must be traversable by it (the pipe and log directories themselves
-are given to it).
+The identity rule
+    MPS runs one server per GPU for one Unix user at a time: the control daemon (the
+    server's, root) starts an MPS server as the first client's user, and a client of another
+    user waits until every client of that server has finished. Fractional jobs run as their
+    own users' accounts like every other job (one shared identity would let tenants read
+    each other's processes and files), so the scheduler never places fractions of two
+    accounts on one GPU at the same time (`Workload.identity`): a GPU's fractions serve one
+    account, and another's wait with a reason that says so.
 
 Simulated GPUs get the same environment (so everything above is tested without a GPU) but no
 daemon; the job's warnings say that the share is not enforced.
@@ -35,7 +31,6 @@ daemon; the job's warnings say that the share is not enforced.
 import contextlib
 import logging
 import os
-import pwd
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -58,8 +53,8 @@ class MpsPaths:
     clients_dir: Path  # one file per fractional job using the daemon
 
 
-def mps_paths(data_dir: Path, uuid: str) -> MpsPaths:
-    root = Path(data_dir) / "mps" / uuid
+def mps_paths(work_dir: Path, uuid: str) -> MpsPaths:
+    root = Path(work_dir) / "mps" / uuid
     return MpsPaths(root, root / "pipe", root / "log", root / "clients")
 
 
@@ -67,7 +62,7 @@ def fractional_shares(placement: Placement) -> list:
     return [share for share in placement.devices if not share.whole]
 
 
-def device_environment(job_id: int, placement: Placement, data_dir: Path) -> dict[str, str]:
+def device_environment(job_id: int, placement: Placement, work_dir: Path) -> dict[str, str]:
     """The variables Suanli sets for a job's devices. They override the job's own `env`.
 
     Raises ValueError for a placement MPS cannot serve: more than one fractional device, or a
@@ -86,7 +81,7 @@ def device_environment(job_id: int, placement: Placement, data_dir: Path) -> dic
             "a GPU fraction must be the job's only device (one MPS daemon serves one GPU)"
         )
     share = fractions[0]
-    paths = mps_paths(data_dir, share.device)
+    paths = mps_paths(work_dir, share.device)
     env["CUDA_MPS_PIPE_DIRECTORY"] = str(paths.pipe_dir)
     env["CUDA_MPS_LOG_DIRECTORY"] = str(paths.log_dir)
     if share.memory_bytes > 0:
@@ -104,23 +99,17 @@ class MpsDaemons:
     (`clients/<key>` files), so a restarted server knows when a daemon is no longer needed."""
 
     def __init__(
-        self,
-        data_dir: Path,
-        *,
-        control: str = MPS_CONTROL,
-        run: Runner = subprocess.run,
-        owner: str | None = None,
+        self, work_dir: Path, *, control: str = MPS_CONTROL, run: Runner = subprocess.run
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.work_dir = Path(work_dir)
         self.control = control
         self._run = run
-        self.owner = owner  # the MPS identity, when it is not the server's user
 
     def binary(self) -> str | None:
         return shutil.which(self.control)
 
     def _env(self, uuid: str) -> dict[str, str]:
-        paths = mps_paths(self.data_dir, uuid)
+        paths = mps_paths(self.work_dir, uuid)
         return {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CUDA_VISIBLE_DEVICES": uuid,
@@ -129,7 +118,7 @@ class MpsDaemons:
         }
 
     def running(self, uuid: str) -> bool:
-        pid_file = mps_paths(self.data_dir, uuid).pipe_dir / "nvidia-cuda-mps-control.pid"
+        pid_file = mps_paths(self.work_dir, uuid).pipe_dir / "nvidia-cuda-mps-control.pid"
         try:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -140,16 +129,12 @@ class MpsDaemons:
         """Register job `key` (whose state directory is `state_dir`) on the GPU and make sure
         its daemon runs. Returns None, or a warning in plain words when the daemon cannot be
         started."""
-        paths = mps_paths(self.data_dir, uuid)
+        paths = mps_paths(self.work_dir, uuid)
         paths.clients_dir.mkdir(parents=True, exist_ok=True)
         for directory in (paths.pipe_dir, paths.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
-            # The daemon runs as the server's user; clients (the MPS identity) need the pipes.
+            # The daemon runs as the server's user; clients (every account) need the pipes.
             os.chmod(directory, 0o755)  # noqa: S103 - readable pipes, no secrets
-            if self.owner:  # MPS servers run as the MPS identity and write here too
-                with contextlib.suppress(KeyError, PermissionError):
-                    user = pwd.getpwnam(self.owner)
-                    os.chown(directory, user.pw_uid, user.pw_gid)
         (paths.clients_dir / key).write_text(str(state_dir))
         if self.running(uuid):
             return None
@@ -170,7 +155,7 @@ class MpsDaemons:
 
     def release(self, uuid: str, key: str) -> None:
         """Job `key` no longer uses the GPU; the daemon stops when it was the last one."""
-        paths = mps_paths(self.data_dir, uuid)
+        paths = mps_paths(self.work_dir, uuid)
         with contextlib.suppress(FileNotFoundError):
             (paths.clients_dir / key).unlink()
         if self.clients(uuid):
@@ -179,13 +164,13 @@ class MpsDaemons:
 
     def clients(self, uuid: str) -> list[str]:
         try:
-            return sorted(p.name for p in mps_paths(self.data_dir, uuid).clients_dir.iterdir())
+            return sorted(p.name for p in mps_paths(self.work_dir, uuid).clients_dir.iterdir())
         except FileNotFoundError:
             return []
 
     def gpus(self) -> list[str]:
         try:
-            return sorted(p.name for p in (self.data_dir / "mps").iterdir() if p.is_dir())
+            return sorted(p.name for p in (self.work_dir / "mps").iterdir() if p.is_dir())
         except FileNotFoundError:
             return []
 
@@ -208,7 +193,7 @@ class MpsDaemons:
         """Drop registrations of jobs that ended (`still_used(state_dir)` is False) and stop
         daemons nobody needs; for a server that restarts."""
         for uuid in self.gpus():
-            clients_dir = mps_paths(self.data_dir, uuid).clients_dir
+            clients_dir = mps_paths(self.work_dir, uuid).clients_dir
             for key in self.clients(uuid):
                 try:
                     state_dir = Path((clients_dir / key).read_text().strip())

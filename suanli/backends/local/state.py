@@ -20,6 +20,7 @@ one, even across a crash.
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,19 @@ def write_json(path: Path, data: Any) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def open_log(path: str | Path) -> int:
+    """The job's log, opened for appending (created if missing). It lies in the workload's
+    own folder, whose user may have put a link to the platform's files or a pipe there:
+    neither is followed or waited on (OSError instead)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o640)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def read_json(path: Path) -> Any | None:

@@ -216,9 +216,7 @@ class Wrapper:
         # From here on a SIGTERM is understood; before, `stop` only writes stop.json, which
         # is read just below (see LocalBackend.stop for why this closes the race).
         self._path(state.READY).touch()
-        log_path = Path(self.plan["log_path"])
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        self.log_fd = os.open(log_path, flags, 0o640)
+        self.log_fd = state.open_log(self.plan["log_path"])
 
         if self.term_requested or self._path(state.STOP).exists():
             reason, detail, _ = self._stop_request()
@@ -227,6 +225,9 @@ class Wrapper:
             user, groups = self._identity()
         except SetupError as error:
             return self._refuse(error)
+        if groups is not None and user is not None:  # the job's user may read its own log
+            with contextlib.suppress(OSError):
+                os.fchown(self.log_fd, user.pw_uid, user.pw_gid)
         env = self._environment(user)
 
         go_r, go_w = os.pipe2(os.O_CLOEXEC)

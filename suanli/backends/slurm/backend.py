@@ -32,6 +32,7 @@ from suanli.backends.slurm.client import (
 )
 from suanli.backends.slurm.translate import (
     QUEUED_STATES,
+    RUNNING_STATES,
     batch_script,
     host_of,
     job_description,
@@ -130,8 +131,8 @@ class SlurmBackend:
                 self.stop(handle, reason="timeout", grace_seconds=self.timeout_grace_seconds)
         elif not status.running:
             self._timed_out.discard(job_id)
-            if job is not None and job.get("job_state") in QUEUED_STATES:
-                self._cancel(job_id)  # requeued by Slurm: it must not run again
+            if job is not None and job.get("job_state") in QUEUED_STATES | RUNNING_STATES:
+                self._cancel(job_id)  # restarted by Slurm: it must not run twice
         return status
 
     def stop(self, handle: Handle, *, reason: str, grace_seconds: float) -> None:

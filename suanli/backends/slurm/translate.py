@@ -9,6 +9,7 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from suanli.backends import launchers
@@ -247,10 +248,8 @@ def status_of(
             ),
         )
     state = str(job.get("job_state") or "")
-    if state in QUEUED_STATES and requeued(job):
-        # Slurm put it back in its queue after a node failed (slurmrestd 22.05 ignores
-        # "requeue": false). This attempt ended; a retry is Suanli's, as a new job.
-        return Status(running=False, exit=ExitStatus("node_failed", detail="Slurm requeued it"))
+    if requeued(job):
+        return _restarted(job, state)
     if state in QUEUED_STATES:
         reason = str(job.get("state_reason") or "None")
         return Status(running=True, queued=state if reason == "None" else reason)
@@ -264,7 +263,7 @@ def status_of(
     timed_out = timed_out or bool(limit and usage and usage["wall_seconds"] >= limit)
     return Status(
         running=False,
-        exit=_exit(job, state, timed_out, usage),
+        exit=replace(_exit(job, state, timed_out, usage), ended_at=ended),
         placement=placement_of(job) if job.get("nodes") else None,
         started_at=started,
     )
@@ -272,6 +271,21 @@ def status_of(
 
 def requeued(job: Mapping[str, Any]) -> bool:
     return int(job.get("restart_cnt") or 0) > 0
+
+
+def _restarted(job: Mapping[str, Any], state: str) -> Status:
+    """Slurm started it again after its first start failed or its node was lost
+    (slurmrestd 22.05 and clusters with JobRequeue=1 ignore "requeue": false), in whatever
+    state it is now: queued again, running again on another node, or already ended there
+    between two looks. This attempt ended with its first run; a retry is Suanli's, as a new
+    job, and the backend cancels what Slurm restarted (poll), so nothing runs twice."""
+    count = int(job.get("restart_cnt") or 0)
+    detail = f"Slurm restarted it ({count}×) after its node failed"
+    ended_at = None
+    if state not in QUEUED_STATES | RUNNING_STATES:
+        detail += f"; the restarted run ended as {state} on {job.get('nodes') or '?'}"
+        ended_at = _time(job.get("end_time"))
+    return Status(running=False, exit=ExitStatus("node_failed", detail=detail, ended_at=ended_at))
 
 
 def _exit(job: Mapping[str, Any], state: str, timed_out: bool, usage: dict) -> ExitStatus:

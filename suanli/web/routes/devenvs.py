@@ -15,7 +15,7 @@ from typing import Annotated, get_args
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -38,7 +38,7 @@ from suanli.services import devenvs, jobs, nodes, projects, sshkeys
 from suanli.services.actor import Actor
 from suanli.services.jobs import log_path
 from suanli.web import forms, render, session
-from suanli.web.routes.jobs import LOG_CHUNK, log_stream, resume_offset
+from suanli.web.routes.jobs import LOG_CHUNK, log_download, log_stream, resume_offset
 from suanli.web.session import Viewer
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
@@ -295,13 +295,7 @@ def terminal(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep)
 @router.get("/devenvs/{env_id}/log.txt")
 def download_log(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     devenvs.get(db, viewer.actor, env_id)
-    path = log_path(request.app.state.settings, env_id)
-    name = f"devenv-{env_id}.log"
-    if not path.exists():
-        return PlainTextResponse(
-            "", headers={"Content-Disposition": f'attachment; filename="{name}"'}
-        )
-    return FileResponse(path, media_type="text/plain; charset=utf-8", filename=name)
+    return log_download(log_path(request.app.state.settings, env_id), f"devenv-{env_id}.log")
 
 
 @router.get("/devenvs/{env_id}/log")

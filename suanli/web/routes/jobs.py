@@ -3,12 +3,13 @@ its live log, cancel and resubmit."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, get_args
+import pathlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, NamedTuple, get_args
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -70,7 +71,9 @@ def _submit_page(
     values: dict[str, str],
     errors: forms.Errors,
     status: int = 200,
+    preview: str | None = None,
 ) -> Response:
+    """The form; `preview` is its YAML where the caller has read the form already."""
     known = nodes.list_nodes(db)
     gpu_models = sorted({gpu.model for node in known for gpu in node.gpus})
     return render.page(
@@ -80,7 +83,7 @@ def _submit_page(
         nav="jobs",
         values=values,
         errors=errors,
-        preview=_preview(values),
+        preview=_preview(values) if preview is None else preview,
         gpu_models=gpu_models,
         pools=sorted({pool for node in known for pool in node.pools}),
         launchers=LAUNCHERS,
@@ -121,31 +124,48 @@ def new_job(
     return _submit_page(request, db, viewer, values, {})
 
 
-def _check(request: Request, values: dict[str, str]) -> tuple[JobSpec | None, forms.Errors]:
+class _Checked(NamedTuple):
+    spec: JobSpec | None
+    errors: forms.Errors
+    preview: str  # the form as YAML ("" where it could not be read)
+
+
+def _check(request: Request, values: dict[str, str]) -> _Checked:
     """The form as a spec, or what is wrong with it: the schema's rules, then whether any node
-    (of the pool asked for) could ever run it, as the submit itself checks."""
+    (of the pool asked for) could ever run it, as the submit itself checks. The form (its
+    YAML above all) is read once, here, in the caller's worker thread."""
     language = request.state.language
     try:
-        spec = JobSpec.model_validate(forms.job_spec(values))
+        document = forms.job_spec(values)
     except forms.FormError as error:
-        return None, {error.field: translate(error.key, language, **error.params)}
+        return _Checked(None, {error.field: translate(error.key, language, **error.params)}, "")
+    preview = forms.spec_yaml(document)
+    try:
+        spec = JobSpec.model_validate(document)
     except ValidationError as error:
-        return None, forms.errors_of(error, language)
+        return _Checked(None, forms.errors_of(error, language), preview)
     inventory = nodes.inventory(get_database(request))
     try:
         jobs.check_runnable(spec, inventory)
     except InvalidInput as error:
-        return spec, {error.field or "resources": translate(error.key, language, **error.params)}
-    return spec, {}
+        field = error.field or "resources"
+        return _Checked(spec, {field: translate(error.key, language, **error.params)}, preview)
+    return _Checked(spec, {}, preview)
 
 
 @router.post("/jobs/check")
 async def check_job(request: Request, viewer: ViewerDep) -> Response:
-    """As you type: the form's errors and its YAML, swapped into the page by htmx."""
+    """As you type: the form's errors and its YAML, swapped into the page by htmx (422 with
+    the errors, as a submit would answer)."""
     values = forms.fields(await request.form())
-    _, errors = await to_thread.run_sync(_check, request, values)
+    return await to_thread.run_sync(_check_page, request, values)
+
+
+def _check_page(request: Request, values: dict[str, str]) -> Response:
+    _, errors, preview = _check(request, values)
+    status = 422 if errors else 200
     return render.page(
-        request, "job_check.html", errors=errors, preview=_preview(values), checked=True
+        request, "job_check.html", status=status, errors=errors, preview=preview, checked=True
     )
 
 
@@ -157,7 +177,7 @@ async def submit_job(request: Request, viewer: ViewerDep) -> Response:
 
 def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Response:
     database = get_database(request)
-    spec, errors = _check(request, values)
+    spec, errors, preview = _check(request, values)
     if spec is not None and not errors:
         unix_users = request.app.state.settings.unix_users
         try:
@@ -170,7 +190,7 @@ def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Respons
             request.app.state.wake()
             return render.redirect(f"/jobs/{job_id}", flash="web.flash.submitted")
     with database.reading() as db:
-        return _submit_page(request, db, viewer, values, errors, status=422)
+        return _submit_page(request, db, viewer, values, errors, status=422, preview=preview)
 
 
 @router.get("/jobs/{job_id}")
@@ -222,14 +242,23 @@ def resubmit_job(
 def download_log(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     """The whole log as a file, for what is too long to read in the page."""
     jobs.get_job(db, viewer.actor, job_id)
-    path = log_path(request.app.state.settings, job_id)
-    if not path.exists():
-        return PlainTextResponse("", headers={"Content-Disposition": _attachment(job_id)})
-    return FileResponse(path, media_type="text/plain; charset=utf-8", filename=f"job-{job_id}.log")
+    return log_download(log_path(request.app.state.settings, job_id), f"job-{job_id}.log")
 
 
-def _attachment(job_id: int) -> str:
-    return f'attachment; filename="job-{job_id}.log"'
+def log_download(path: pathlib.Path, name: str) -> Response:
+    """A log as a file, opened as `jobs.open_log` does: never through a link the workload's
+    user may have put in its place."""
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    handle = jobs.open_log(path)
+    if handle is None:
+        return PlainTextResponse("", headers=headers)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while data := handle.read(LOG_CHUNK):
+                yield data
+
+    return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8", headers=headers)
 
 
 @router.get("/jobs/{job_id}/log")
@@ -253,9 +282,14 @@ async def follow_log(job_id: JobId, request: Request, viewer: ViewerDep) -> Resp
 
 
 def resume_offset(request: Request) -> int | None:
-    """Where a reconnecting browser left off (the last event's id), or None the first time."""
+    """Where a reconnecting browser left off (the last event's id), or None the first time.
+    The id is ours, a log offset (ASCII digits, at most 16: bytes up to 2**53), but the
+    header is the client's: anything else is ignored and the log followed from its start,
+    as on a first visit."""
     resume = request.headers.get("last-event-id", "")
-    return int(resume) if resume.isdigit() else None
+    if resume.isascii() and resume.isdigit() and len(resume) <= 16:
+        return int(resume)
+    return None
 
 
 def log_stream(

@@ -1,0 +1,72 @@
+"""The workloads' own folders: `<work_dir>/<job id>/`, one per workload, owned by its Unix
+account (mode 0700) and kept outside the data directory, which no workload reaches.
+
+The server, as root, writes into folders that their users own and may have filled with links
+to its secrets or with pipes. So it never follows a link there: folders are made and checked
+without following, files are written to a new name (exclusive create) and renamed into place,
+ownership is given through the open file, and removals go through the folder's descriptor.
+"""
+
+import contextlib
+import os
+import pwd
+import secrets
+import stat
+from pathlib import Path
+
+from suanli.config import Settings
+from suanli.services.jobs import work_folder
+
+
+class FolderError(OSError):
+    """A workload's folder is not what the server made (its user replaced it)."""
+
+
+def prepare(
+    settings: Settings, job_id: int, account: pwd.struct_passwd | None, *, first: bool
+) -> Path:
+    """The workload's folder, made if missing and given to its account. On its `first`
+    attempt a workload's folder must not exist yet: one that does was left by another server
+    or an earlier installation with the same work directory, and belongs to someone else."""
+    root = settings.effective_work_dir
+    root.mkdir(parents=True, exist_ok=True)
+    if root.stat().st_uid == os.geteuid():
+        root.chmod(0o711)  # reachable by each workload's account, listable by none
+    folder = work_folder(settings, job_id)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        if first:
+            raise FolderError(
+                f"{folder} already exists: another server or an earlier installation with the "
+                "same work_dir left it (each server needs a work_dir of its own)"
+            ) from None
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise FolderError(f"{folder} is not a folder")
+    if account is not None and (info.st_uid, info.st_gid) != (account.pw_uid, account.pw_gid):
+        os.lchown(folder, account.pw_uid, account.pw_gid)
+    return folder
+
+
+def write(folder: Path, name: str, text: str, account: pwd.struct_passwd | None) -> Path:
+    """Put `text` at `folder/name` for the account to read, never through a link."""
+    temporary = folder / f".{name}.{secrets.token_hex(6)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        if account is not None:
+            os.fchown(handle.fileno(), account.pw_uid, account.pw_gid)
+    os.replace(temporary, folder / name)
+    return folder / name
+
+
+def remove(folder: Path, name: str) -> None:
+    """Remove `folder/name` if it is there (a link itself, never what it points to)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
