@@ -1,11 +1,22 @@
-"""Every route needs a signed-in caller, except the few that are public on purpose."""
+"""Every route needs a signed-in caller, except the few that are public on purpose; and no
+route shows a stranger anything of a project that is not theirs."""
 
+import json
 import re
+import secrets
+import time
+from dataclasses import dataclass
 
+import httpx
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
+from suanli.app import create_app
+from suanli.config import Settings
+from suanli.monitoring.model import METRICS
 from suanli.web.console import is_console
+
+ADMIN_PASSWORD = "admin-test-password"
 
 PUBLIC = {
     ("POST", "/api/v1/auth/login"),
@@ -23,6 +34,10 @@ PUBLIC_MOUNTS = {"/static"}
 # and its HTTP side takes no CSRF token (the tools' own pages send their requests; the
 # SameSite=Lax cookie and the Origin check keep other sites out).
 PROXY = "/x/{env_id:int}/{tool}/{path:path}"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def routes(app):
@@ -111,3 +126,190 @@ def test_the_public_list_is_not_stale(app_and_database) -> None:
     app, _ = app_and_database
     table = {(m, r.path) for r in routes(app) for m in r.methods}
     assert table >= PUBLIC
+
+
+# -- what a stranger reads -----------------------------------------------------------------------
+
+SIMULATED_GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
+# Routes of one object of the planted project: a stranger gets 404, as for nothing there.
+OBJECT_ROUTE = re.compile(r"^(/api/v1)?/(projects/\{name\}|jobs/\{job_id\}|devenvs/\{env_id\})")
+
+
+@dataclass
+class Planted:
+    """A project of someone else's, with a failed job (its alert fired), a job on a GPU and
+    a waiting dev environment; a silence and an alert rule that name the project."""
+
+    project: str
+    owner: str
+    failed: int
+    running: int
+    env: int
+    gpu: str
+    node: str
+    names: tuple[str, ...]  # every name a stranger must never read
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return (self.failed, self.running, self.env)
+
+
+def plant(url: str, admin: httpx.Client) -> Planted:
+    project, owner = unique("secretproj"), unique("secretuser")
+    failing, running_name, env_name = unique("secretjob"), unique("secretrun"), unique("secretenv")
+    created = admin.post("/api/v1/users", json={"name": owner, "password": f"{owner}-pw"})
+    assert created.status_code == 201, created.text
+    created = admin.post("/api/v1/projects", json={"name": project, "owner": owner})
+    assert created.status_code == 201, created.text
+    theirs = signed_in(url, owner, f"{owner}-pw")
+
+    def made(path: str, body: dict) -> dict:
+        response = theirs.post(path, json={"project": project, **body})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    failed = made("/api/v1/jobs", {"name": failing, "command": ["false"]})
+    spec = {"name": running_name, "command": ["sleep", "600"], "resources": {"gpus": 1}}
+    running = made("/api/v1/jobs", spec)
+    wait_for(lambda: theirs.get(f"/api/v1/jobs/{running['id']}").json()["state"] == "running")
+    # Both GPUs: it waits while the job holds one.
+    env = made(
+        "/api/v1/devenvs", {"name": env_name, "tools": ["terminal"], "resources": {"gpus": 2}}
+    )
+    placement = theirs.get(f"/api/v1/jobs/{running['id']}").json()["placement"]
+
+    def fired() -> bool:
+        events = admin.get("/api/v1/alerts").json()
+        return any(e["labels"].get("job") == str(failed["id"]) for e in events)
+
+    wait_for(fired)
+    wait_for(lambda: job_series(admin, running["id"]))
+    match = {"alertname": "Job failed", "job": str(failed["id"]), "project": project}
+    assert admin.post("/api/v1/alerts/silences", json={"match": match}).status_code == 201
+    rule = {"name": unique("watch"), "kind": "event", "metric": "job.failed"}
+    rule["match"] = {"project": project}
+    assert admin.post("/api/v1/alerts/rules", json=rule).status_code == 201
+    theirs.close()
+    return Planted(
+        project=project,
+        owner=owner,
+        failed=failed["id"],
+        running=running["id"],
+        env=env["id"],
+        gpu=placement["gpus"][0]["uuid"],
+        node=placement["node"],
+        names=(project, owner, failing, running_name, env_name),
+    )
+
+
+def signed_in(url: str, name: str, password: str) -> httpx.Client:
+    login = httpx.post(f"{url}/api/v1/auth/login", json={"username": name, "password": password})
+    assert login.status_code == 200, login.text
+    return httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {login.json()['token']}"}, timeout=20
+    )
+
+
+def job_series(client: httpx.Client, job_id: int) -> list:
+    params = {"metric": "job_cpu_percent", "label": f"job={job_id}", "range": "5m"}
+    return client.get("/api/v1/metrics/query", params=params).json()["series"]
+
+
+def wait_for(check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def path_values(path: str, planted: Planted) -> dict[str, str]:
+    """The planted object each path parameter names; a route with a parameter not known here
+    fails the walk until it is added (so that no new route goes unchecked)."""
+    by_name = {
+        "job_id": str(planted.failed),
+        "env_id": str(planted.env),
+        "env_id:int": str(planted.env),
+        "uuid": planted.gpu,
+        "tool": "terminal",
+        "path:path": "",
+    }
+    if path.startswith(("/api/v1/users/", "/admin/users/")):
+        by_name["name"] = planted.owner
+    elif path.startswith(("/api/v1/nodes/", "/nodes/")):
+        by_name["name"] = planted.node
+    elif path.startswith(("/api/v1/projects/", "/projects/")):
+        by_name["name"] = planted.project
+    names = re.findall(r"\{([^}]+)\}", path)
+    unknown = [name for name in names if name not in by_name]
+    assert not unknown, f"{path}: say which planted object {unknown} should name"
+    return {name: by_name[name] for name in names}
+
+
+def queries(path: str, planted: Planted) -> list[dict[str, str]]:
+    """Each route once as it is, and list routes also filtered by the planted project, its
+    owner, and (the series) by every metric with and without the planted job."""
+    if path in ("/api/v1/metrics/query", "/charts/query"):
+        job = f"job={planted.running}"
+        return [q for m in METRICS for q in ({"metric": m}, {"metric": m, "label": job})]
+    if path in ("/api/v1/jobs", "/jobs", "/api/v1/devenvs", "/devenvs"):
+        return [{}, {"project": planted.project}, {"user": planted.owner}]
+    if path in ("/api/v1/audit", "/admin/audit"):
+        return [{}, {"project": planted.project}, {"actor": planted.owner}]
+    if path == "/api/v1/alerts":
+        return [{}, {"firing": "true"}]
+    return [{}]
+
+
+def leaks(text: str, supplied: list[str], planted: Planted) -> list[str]:
+    """What of the planted project a response shows, but what the request itself said (a
+    404 names the project it was asked for)."""
+    for value in sorted(supplied, key=len, reverse=True):
+        if value:
+            text = text.replace(value, "")
+    found = [name for name in planted.names if name in text]
+    for job_id in planted.ids:
+        reference = (
+            rf'"job":\s*"{job_id}"|"job_id":\s*{job_id}\b|job=(?:"|&#34;|&quot;)?{job_id}\b'
+            rf"|/(?:jobs|devenvs)/{job_id}\b"
+        )
+        found += re.findall(reference, text)
+    return found
+
+
+def test_a_stranger_reads_nothing_of_another_project_on_any_route(server_factory, tmp_path) -> None:
+    """A user with no project GETs every route of the API and the console, path parameters
+    naming the planted project's objects: none answers with its name, its jobs' names or
+    ids, its owner's name; its objects' routes answer 404."""
+    server = server_factory(
+        {"SUANLI_SIMULATED_GPUS": SIMULATED_GPUS, "SUANLI_METRICS_INTERVAL_SECONDS": "1"}
+    )
+    admin = signed_in(server.url, "admin", ADMIN_PASSWORD)
+    planted = plant(server.url, admin)
+    stranger = unique("stranger")
+    created = admin.post("/api/v1/users", json={"name": stranger, "password": f"{stranger}-pw"})
+    assert created.status_code == 201, created.text
+    api = signed_in(server.url, stranger, f"{stranger}-pw")
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    console = httpx.Client(base_url=server.url, cookies={"suanli_session": token}, timeout=20)
+    unused = f"sqlite:///{tmp_path / 'table.db'}"  # the route table only: never opened
+    table = create_app(Settings(data_dir=tmp_path / "table", database_url=unused))
+    checked = 0
+    for route in routes(table):
+        if "GET" not in route.methods:
+            continue
+        values = path_values(route.path, planted)
+        path = route.path
+        for name, value in values.items():
+            path = path.replace(f"{{{name}}}", value)
+        client = console if is_console(route.path) else api
+        for params in queries(route.path, planted):
+            response = client.get(path, params=params)
+            shown = (route.path, params, response.status_code)
+            supplied = [path, *values.values(), *params.values()]
+            assert not leaks(response.text, supplied, planted), (*shown, response.text[:2000])
+            if OBJECT_ROUTE.match(route.path):
+                assert response.status_code == 404, shown
+            checked += 1
+    assert checked > 100  # the walk really went through the routes and the series
+    for client in (admin, api, console):
+        client.close()

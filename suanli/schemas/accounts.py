@@ -3,6 +3,8 @@
 from datetime import datetime
 from typing import Literal
 
+from pydantic import Field
+
 from suanli.schemas.types import (
     Email,
     Flag,
@@ -79,6 +81,11 @@ class TokenCreate(RequestModel):
     name: TokenName
     # None: the token lives until revoked.
     expires_in_days: count(minimum=1, maximum=3650) | None = None
+    kind: Literal["api", "metrics"] = Field(
+        "api",
+        description="`api`: everything you may do; `metrics`: reads only /metrics, for "
+        "Prometheus (administrators)",
+    )
 
 
 class TokenOut(ResponseModel):

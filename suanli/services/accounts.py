@@ -92,7 +92,7 @@ def update_user(session: Session, actor: Actor, name: str, changes: UserChanges)
         _keep_an_admin(session, user)
     diff = _apply(user, changes)
     if changes.is_disabled:
-        revoke_tokens(session, user, kinds=("session", "api"))
+        revoke_tokens(session, user, kinds=("session", "api", "metrics"))
     if diff:
         audit.record(session, actor, "user.update", target_type="user", target=name, detail=diff)
     commit(session, "error.conflict")

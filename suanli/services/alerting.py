@@ -2,9 +2,10 @@
 notifications. The rules' logic is pure (suanli.monitoring.alerts); this module loads and
 stores what it needs and decides who is told.
 
-Administrators manage rules, channels and silences; everyone signed in may read the alert
-history (what is wrong with the hardware is no secret; a failed job's alert names the job,
-whose page stays closed to non-members).
+Administrators manage rules, channels and silences. Everyone signed in reads the alerts,
+silences and rules whose labels name no tenant (what is wrong with the hardware is no
+secret); those that name a job, a project or a user only those who may see them
+(services.monitoring.Sight): a failed job's alert names the job, its project and its user.
 """
 
 import logging
@@ -26,16 +27,19 @@ from suanli.db.models import (
     AlertRule,
     AlertSilence,
     Job,
+    JobEvent,
     Notification,
     utcnow,
 )
 from suanli.monitoring import alerts, channels
 from suanli.monitoring.model import Labels, Sample, labels_of
-from suanli.services import audit
+from suanli.services import audit, monitoring
 from suanli.services.actor import Actor
 from suanli.services.common import commit, require_admin
 
 log = logging.getLogger("suanli.alerts")
+# Events read at a time when a page of them is filtered for a reader.
+EVENT_BATCH = 200
 
 
 def utc(seconds: float) -> datetime:
@@ -68,13 +72,23 @@ def silence_of(row: AlertSilence) -> alerts.Silence:
     )
 
 
+def all_silences(session: Session) -> list[alerts.Silence]:
+    """Every silence, ended ones too, as the rules' logic reads them: what mutes an alert.
+    Not for showing (list_silences is)."""
+    return [silence_of(row) for row in session.scalars(select(AlertSilence))]
+
+
 def failed_since(session: Session, since: float) -> list[dict[str, object]]:
-    """The labels of the jobs that failed since `since` (epoch seconds): the `job.failed`
-    events the alert rules may watch."""
+    """The labels of the jobs whose failure was recorded since `since` (epoch seconds): the
+    `job.failed` events the alert rules may watch. Recorded, not ended: a job's end time is
+    when its process ended, which the server may learn some polls later."""
+    recorded = select(JobEvent.job_id).where(
+        JobEvent.state == State.failed, JobEvent.at >= utc(since)
+    )
     rows = session.scalars(
         select(Job)
         .options(selectinload(Job.project))
-        .where(Job.state == State.failed, Job.finished_at >= utc(since))
+        .where(Job.state == State.failed, Job.id.in_(recorded))
     )
     return [
         {
@@ -105,7 +119,7 @@ class AlertBook:
     ) -> None:
         with database.reading() as session:
             rules = [rule_of(r) for r in session.scalars(select(AlertRule))]
-            silences = [silence_of(s) for s in session.scalars(select(AlertSilence))]
+            silences = all_silences(session)
             if self.alerts is None:
                 self.alerts = _open_alerts(session)
         evaluation = alerts.evaluate(rules, samples, self.alerts, now)
@@ -194,8 +208,11 @@ def _invalid(error: alerts.FieldError) -> InvalidInput:
     return InvalidInput("error.alert_field", field=error.field, reason=error.reason)
 
 
-def list_rules(session: Session) -> Sequence[AlertRule]:
-    return session.scalars(select(AlertRule).order_by(AlertRule.id)).all()
+def list_rules(session: Session, actor: Actor) -> list[AlertRule]:
+    """The rules, but those whose matchers name a tenant the actor may not see."""
+    rows = session.scalars(select(AlertRule).order_by(AlertRule.id)).all()
+    reader = monitoring.sight(session, actor, (row.match or {} for row in rows))
+    return [row for row in rows if reader.sees(row.match or {})]
 
 
 def save_rule(
@@ -308,8 +325,12 @@ def delete_channel(session: Session, actor: Actor, channel_id: int) -> None:
     commit(session, "error.conflict")
 
 
-def list_silences(session: Session) -> Sequence[AlertSilence]:
-    return session.scalars(select(AlertSilence).order_by(AlertSilence.id.desc())).all()
+def list_silences(session: Session, actor: Actor) -> list[AlertSilence]:
+    """Newest first, but those whose matchers name a tenant the actor may not see (a silence
+    made from a failed job's alert names the job, its project and its user)."""
+    rows = session.scalars(select(AlertSilence).order_by(AlertSilence.id.desc())).all()
+    reader = monitoring.sight(session, actor, (row.match or {} for row in rows))
+    return [row for row in rows if reader.sees(row.match or {})]
 
 
 def create_silence(
@@ -353,21 +374,38 @@ def end_silence(session: Session, actor: Actor, silence_id: int) -> AlertSilence
 
 
 def list_events(
-    session: Session, *, firing_only: bool = False, limit: int = 100, before_id: int | None = None
-) -> Sequence[AlertEvent]:
-    statement = (
-        select(AlertEvent)
-        .options(selectinload(AlertEvent.rule))
-        .order_by(AlertEvent.id.desc())
-        .limit(limit)
-    )
-    if firing_only:
-        statement = statement.join(AlertRule).where(
-            AlertEvent.resolved_at.is_(None), AlertRule.kind == "metric"
+    session: Session,
+    actor: Actor,
+    *,
+    firing_only: bool = False,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[AlertEvent]:
+    """Newest first, up to `limit` of those the actor may see. Labels are JSON, which the two
+    databases filter differently, so the events are read in batches and filtered here until
+    the page is full."""
+    batch_size = max(limit, EVENT_BATCH)
+    shown: list[AlertEvent] = []
+    while len(shown) < limit:
+        statement = (
+            select(AlertEvent)
+            .options(selectinload(AlertEvent.rule))
+            .order_by(AlertEvent.id.desc())
+            .limit(batch_size)
         )
-    if before_id:
-        statement = statement.where(AlertEvent.id < before_id)
-    return session.scalars(statement).all()
+        if firing_only:
+            statement = statement.join(AlertRule).where(
+                AlertEvent.resolved_at.is_(None), AlertRule.kind == "metric"
+            )
+        if before_id:
+            statement = statement.where(AlertEvent.id < before_id)
+        batch = session.scalars(statement).all()
+        reader = monitoring.sight(session, actor, (event.labels for event in batch))
+        shown += [event for event in batch if reader.sees(event.labels)]
+        if len(batch) < batch_size:
+            break
+        before_id = batch[-1].id
+    return shown[:limit]
 
 
 def _require(values: dict[str, Any], names: Sequence[str]) -> None:

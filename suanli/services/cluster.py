@@ -2,7 +2,8 @@
 pages and the quota bars show, and the API's `used_by`.
 
 Capacity is no secret (every signed-in user sees the nodes); what a project uses is shown to
-its members and to administrators only.
+its members and to administrators only. So is who holds a GPU: anyone else sees that it is in
+use (and, shared, how much of it), not by which job, user or project.
 """
 
 from collections import defaultdict
@@ -14,20 +15,27 @@ from sqlalchemy.orm import Session
 
 from suanli.core.states import ACTIVE, State, gpu_state
 from suanli.db.models import GpuDevice, Job, Node
+from suanli.services import monitoring
+from suanli.services.actor import Actor
+
+# What a GPU's user is called for a reader who may not see the job (the API's `used_by`).
+OTHER_PROJECT = "another-project"
 
 
 @dataclass(frozen=True)
 class Holder:
-    """A job on a GPU: the whole device, or a fraction (memory and/or compute)."""
+    """A job on a GPU: the whole device, or a fraction (memory and/or compute). `job_id` is
+    None (and `user` empty) for a reader who may not see the job."""
 
-    job_id: int
+    job_id: int | None
     user: str
     memory_bytes: int = 0
     compute_percent: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.user}#{self.job_id}"
+        """`user#id`, or OTHER_PROJECT for a job the reader may not see."""
+        return f"{self.user}#{self.job_id}" if self.job_id else OTHER_PROJECT
 
 
 @dataclass
@@ -76,15 +84,19 @@ class Capacity:
     by_model: dict[str, Tally] = field(default_factory=dict)
 
 
-def gpu_holders(session: Session) -> dict[str, list[Holder]]:
-    """The jobs holding each GPU now, by GPU UUID."""
+def gpu_holders(session: Session, reader: Actor) -> dict[str, list[Holder]]:
+    """The jobs holding each GPU now, by GPU UUID, as the reader may see them: the jobs of
+    projects the reader does not belong to keep their share of the GPU but not their id and
+    user."""
+    sight = monitoring.sight(session, reader)
     holders: dict[str, list[Holder]] = defaultdict(list)
     for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE)).order_by(Job.id)):
+        shown = sight.sees_project(job.project_id)
         for gpu in (job.placement or {}).get("gpus", []):
             holders[gpu["uuid"]].append(
                 Holder(
-                    job_id=job.id,
-                    user=job.user_name,
+                    job_id=job.id if shown else None,
+                    user=job.user_name if shown else "",
                     memory_bytes=int(gpu.get("memory_bytes") or 0),
                     compute_percent=int(gpu.get("compute_percent") or 0),
                 )
@@ -95,7 +107,8 @@ def gpu_holders(session: Session) -> dict[str, list[Holder]]:
 def state_of(gpu: GpuDevice, holders: dict[str, list[Holder]]) -> str:
     return gpu_state(
         present=gpu.present,
-        schedulable=gpu.schedulable and gpu.node.schedulable,
+        # A node its engine lost or drained runs nothing new, whatever our own flag says.
+        schedulable=gpu.schedulable and gpu.node.schedulable and gpu.node.available,
         shared=gpu.shared,
         in_use=bool(holders.get(gpu.uuid)),
     )

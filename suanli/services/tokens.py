@@ -1,4 +1,9 @@
-"""API tokens: made by users for scripts, or issued by logging in; looked up on every request."""
+"""API tokens: made by users for scripts, or issued by logging in; looked up on every request.
+
+Kinds: `session` (from logging in), `api` (made for scripts: everything its user may do) and
+`metrics` (made by an administrator for Prometheus: it reads `/metrics` and nothing else, so
+that a scraper's configuration never holds a credential that could change anything).
+"""
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -11,7 +16,9 @@ from suanli.db.models import ApiToken, User, utcnow
 from suanli.security.tokens import display_prefix, hash_token, new_token
 from suanli.services import audit
 from suanli.services.actor import Actor
-from suanli.services.common import commit
+from suanli.services.common import commit, require_admin
+
+METRICS = "metrics"  # the kind of a token that reads only /metrics
 
 # Recording every use would turn each read into a write; a few minutes' precision is enough.
 LAST_USED_PRECISION = timedelta(minutes=5)
@@ -35,16 +42,24 @@ def issue(
 
 
 def create(
-    session: Session, actor: Actor, *, name: str, expires_at: datetime | None
+    session: Session,
+    actor: Actor,
+    *,
+    name: str,
+    expires_at: datetime | None,
+    kind: str = "api",
 ) -> tuple[ApiToken, str]:
-    token, secret = issue(session, actor.account, name=name, kind="api", expires_at=expires_at)
+    """An `api` token, or a `metrics` one (administrators: /metrics shows every tenant)."""
+    if kind == METRICS:
+        require_admin(actor)
+    token, secret = issue(session, actor.account, name=name, kind=kind, expires_at=expires_at)
     audit.record(
         session,
         actor,
         "token.create",
         target_type="token",
         target=name,
-        detail={"expires_at": expires_at.isoformat() if expires_at else None},
+        detail={"expires_at": expires_at.isoformat() if expires_at else None, "kind": kind},
     )
     commit(session, "error.conflict")
     return token, secret
@@ -76,7 +91,16 @@ def revoke(session: Session, actor: Actor, token_id: int) -> None:
 
 
 def authenticate(session: Session, secret: str) -> tuple[User, ApiToken]:
-    """The user behind a bearer token, if the token is live and the user enabled."""
+    """The user behind a bearer token, if the token is live, the user enabled, and the token
+    not one that only reads /metrics."""
+    user, token = authenticate_any(session, secret)
+    if token.kind == METRICS:
+        raise Unauthenticated("error.token_only_metrics")
+    return user, token
+
+
+def authenticate_any(session: Session, secret: str) -> tuple[User, ApiToken]:
+    """The user behind a live token of any kind: for `/metrics` only (see authenticate)."""
     row = session.execute(
         select(ApiToken, User)
         .join(User, User.id == ApiToken.user_id)

@@ -1,4 +1,7 @@
-"""Alerts: rules, notification channels, silences (administrators) and the alert history."""
+"""Alerts: rules, notification channels, silences (administrators) and the alert history.
+
+Readers see the alerts, silences and rules of the hardware and of their own projects' jobs;
+administrators see all (services.monitoring.Sight)."""
 
 from typing import Annotated
 
@@ -63,16 +66,21 @@ def event_out(event: AlertEvent) -> AlertEventOut:
 def list_alerts(
     query: Annotated[AlertEventQuery, Query()], caller: CallerDep, session: SessionDep
 ) -> list[AlertEventOut]:
-    """The alert history, newest first; `firing=true` for what is firing now."""
+    """The alert history, newest first; `firing=true` for what is firing now. Alerts that
+    name a job, project or user show only to those who may see them."""
     events = alerting.list_events(
-        session, firing_only=query.firing, limit=query.limit, before_id=query.before_id
+        session,
+        caller.actor,
+        firing_only=query.firing,
+        limit=query.limit,
+        before_id=query.before_id,
     )
     return [event_out(e) for e in events]
 
 
 @router.get("/rules", response_model=list[RuleOut])
 def list_rules(caller: CallerDep, session: SessionDep) -> list[RuleOut]:
-    return [RuleOut.model_validate(r) for r in alerting.list_rules(session)]
+    return [RuleOut.model_validate(r) for r in alerting.list_rules(session, caller.actor)]
 
 
 @router.post("/rules", response_model=RuleOut, status_code=201)
@@ -123,7 +131,8 @@ def delete_channel(channel_id: Id, caller: CallerDep, session: SessionDep) -> No
 
 @router.get("/silences", response_model=list[SilenceOut])
 def list_silences(caller: CallerDep, session: SessionDep) -> list[SilenceOut]:
-    return [SilenceOut.model_validate(s) for s in alerting.list_silences(session)]
+    rows = alerting.list_silences(session, caller.actor)
+    return [SilenceOut.model_validate(s) for s in rows]
 
 
 @router.post("/silences", response_model=SilenceOut, status_code=201)

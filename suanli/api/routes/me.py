@@ -66,7 +66,9 @@ def list_tokens(caller: CallerDep, session: SessionDep) -> list[TokenOut]:
 def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep) -> TokenCreated:
     """Create an API token for scripts. The token is in this response only; keep it safe."""
     expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    token, secret = tokens.create(session, caller.actor, name=body.name, expires_at=expires_at)
+    token, secret = tokens.create(
+        session, caller.actor, name=body.name, expires_at=expires_at, kind=body.kind
+    )
     return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=secret)
 
 

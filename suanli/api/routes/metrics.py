@@ -1,23 +1,55 @@
-"""Time series (query, catalogue, latest values) and `/metrics` for Prometheus."""
+"""Time series (query, catalogue, latest values) and `/metrics` for Prometheus.
+
+`/metrics` shows every tenant (jobs' series, queues per project): it is for administrators,
+and for the tokens they make for Prometheus (kind `metrics`), which read nothing else.
+"""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
-from suanli.api.deps import CallerDep, SessionDep
+from suanli.api.deps import CallerDep, SessionDep, bearer, client_address, get_database
 from suanli.api.problems import ERROR_RESPONSES
+from suanli.core.errors import Unauthenticated
 from suanli.core.states import State
 from suanli.db.models import Job, Project
 from suanli.monitoring.model import METRICS, Sample
 from suanli.monitoring.prometheus import CONTENT_TYPE
 from suanli.monitoring.prometheus import exposition as render
 from suanli.schemas.metrics import MetricOut, MetricQuery, QueryOut
-from suanli.services import monitoring
+from suanli.services import monitoring, tokens
+from suanli.services.actor import Actor
+from suanli.services.common import require_admin
 
 router = APIRouter(prefix="/metrics", tags=["metrics"])
 exposition = APIRouter(tags=["metrics"])
+
+
+def scraper(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Actor:
+    """An administrator, by any live token of theirs: a `metrics` token as well as the
+    others (which is why this is not `get_caller`, which refuses `metrics` tokens). The
+    right is checked at every scrape, so a demoted administrator's tokens stop reading."""
+    secret = credentials.credentials.strip() if credentials else ""
+    if not secret:
+        raise Unauthenticated()
+    database = get_database(request)
+    with database.reading() as session:
+        user, token = tokens.authenticate_any(session, secret)
+    if tokens.needs_last_used(token):
+        with database.writing() as writer:
+            tokens.touch(writer, token.id)
+    actor = Actor(user=user, address=client_address(request))
+    require_admin(actor)
+    return actor
+
+
+ScraperDep = Annotated[Actor, Depends(scraper)]
 
 
 def latest_samples(request: Request) -> list[Sample]:
@@ -39,7 +71,8 @@ def query(
     params: Annotated[MetricQuery, Query()], caller: CallerDep, session: SessionDep
 ) -> QueryOut:
     """A metric's series over a time range. Node and GPU metrics are open to everyone signed
-    in; `job_*` metrics need a `job=<id>` matcher and access to that job's project."""
+    in; `job_*` metrics need a `job=<id>` matcher and access to that job's project; series
+    labelled with a job (a GPU process's memory) show only to those who may see the job."""
     return monitoring.query(session, caller.actor, params)
 
 
@@ -51,9 +84,11 @@ def query(
         **ERROR_RESPONSES,
     },
 )
-def prometheus(request: Request, caller: CallerDep, session: SessionDep) -> Response:
-    """Nodes, GPUs (dcgm-exporter names) and the platform itself, for Prometheus. Scrape
-    with a token: `authorization: {type: Bearer, credentials: sl_...}`."""
+def prometheus(request: Request, scraper: ScraperDep, session: SessionDep) -> Response:
+    """Nodes, GPUs (dcgm-exporter names), jobs and the platform itself, for Prometheus
+    (administrators). Scrape with a token made for it (`POST /api/v1/me/tokens` with
+    `kind: metrics`), which reads nothing else: `authorization: {type: Bearer, credentials:
+    sl_...}`."""
     states = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     queues = session.execute(
         select(Project.name, func.count())

@@ -1,4 +1,5 @@
-"""Nodes and GPUs: everyone signed in sees them; administrators drain and share."""
+"""Nodes and GPUs: everyone signed in sees them; administrators drain and share. Who uses a
+GPU (`used_by`) is named only to the members of the job's project and to administrators."""
 
 from typing import Annotated
 
@@ -9,6 +10,7 @@ from suanli.api.deps import CallerDep, SessionDep
 from suanli.db.models import Node
 from suanli.schemas.nodes import GPU_UUID_PATTERN, GpuOut, GpuUpdate, NodeOut, NodeUpdate
 from suanli.services import cluster, nodes
+from suanli.services.actor import Actor
 
 router = APIRouter(tags=["nodes"])
 NodeName = Annotated[str, Path(max_length=255, pattern=r"^[^\x00/]+$")]
@@ -38,14 +40,18 @@ def _node_out(node: Node, users: dict[str, list[str]]) -> NodeOut:
     )
 
 
-def _gpu_users(session: Session) -> dict[str, list[str]]:
-    """Which jobs hold each GPU now, as "user#id"."""
-    return {uuid: [h.label for h in held] for uuid, held in cluster.gpu_holders(session).items()}
+def _gpu_users(session: Session, reader: Actor) -> dict[str, list[str]]:
+    """Which jobs hold each GPU now, as "user#id", or "another-project" for a job the reader
+    may not see."""
+    holders = cluster.gpu_holders(session, reader)
+    return {uuid: [h.label for h in held] for uuid, held in holders.items()}
 
 
 @router.get("/nodes", response_model=list[NodeOut])
 def list_nodes(caller: CallerDep, session: SessionDep) -> list[NodeOut]:
-    users = _gpu_users(session)
+    """Every node and GPU. A GPU's `used_by` lists one entry per job on it: "user#id" for
+    the jobs of your projects (administrators: all), "another-project" for the others."""
+    users = _gpu_users(session, caller.actor)
     return [_node_out(node, users) for node in nodes.list_nodes(session)]
 
 
@@ -58,7 +64,7 @@ def update_node(
     node = nodes.set_node(
         session, caller.actor, name, schedulable=body.schedulable, reason=body.reason
     )
-    return _node_out(node, _gpu_users(session))
+    return _node_out(node, _gpu_users(session, caller.actor))
 
 
 @router.patch("/gpus/{uuid}", response_model=GpuOut)

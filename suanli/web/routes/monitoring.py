@@ -2,6 +2,9 @@
 and the alerts page (what fires now, the history, silences; administrators edit rules and
 notification channels).
 
+What names a tenant (a GPU's users, an alert on a job, a silence or rule naming a project)
+shows only to those who may see it, as in the API (services.monitoring.Sight).
+
 Charts are drawn in the browser (static/console/charts.js, with the vendored uPlot) from
 `GET /charts/query`, which takes the API's `MetricQuery` and applies the same access rules
 (services.monitoring). It answers JSON, errors too, so that a chart can say why it is empty.
@@ -278,7 +281,7 @@ def _find_node(db: Session, name: str) -> Node:
 @router.get("/nodes/{name}")
 def show_node(name: NodeName, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     node = _find_node(db, name)
-    holders = cluster.gpu_holders(db)
+    holders = cluster.gpu_holders(db, viewer.actor)
     return render.page(
         request,
         "node.html",
@@ -296,7 +299,7 @@ def show_gpu(uuid: GpuUuid, request: Request, db: SessionDep, viewer: ViewerDep)
     if not found:
         raise NotFound("error.gpu_not_found", uuid=uuid)
     gpu = found[0]
-    holders = cluster.gpu_holders(db)
+    holders = cluster.gpu_holders(db, viewer.actor)
     return render.page(
         request,
         "gpu.html",
@@ -459,11 +462,13 @@ def _alerts_page(
 ) -> Response:
     language = request.state.language
     now = time.time()
-    silence_rows = alerting.list_silences(db)
-    silences = [alerting.silence_of(row) for row in silence_rows]
-    firing = alerting.list_events(db, firing_only=True, limit=200)
-    history = alerting.list_events(db, limit=HISTORY_PAGE, before_id=before_id)
-    is_admin = viewer.actor.is_admin
+    reader = viewer.actor
+    # Whether an alert is muted now depends on every silence; only the visible ones are listed.
+    silences = alerting.all_silences(db)
+    silence_rows = alerting.list_silences(db, reader)
+    firing = alerting.list_events(db, reader, firing_only=True, limit=200)
+    history = alerting.list_events(db, reader, limit=HISTORY_PAGE, before_id=before_id)
+    is_admin = reader.is_admin
     return render.page(
         request,
         "alerts.html",
@@ -477,7 +482,7 @@ def _alerts_page(
             SilenceView(row, _lines(row.match or {}), row.ends_at.timestamp() > now)
             for row in silence_rows
         ],
-        rules=[_rule_view(rule, language) for rule in alerting.list_rules(db)],
+        rules=[_rule_view(rule, language) for rule in alerting.list_rules(db, reader)],
         channels=[ChannelView(c, shown_url(c.url)) for c in alerting.list_channels(db)]
         if is_admin
         else [],

@@ -21,7 +21,7 @@ Reason = Annotated[str, Form(max_length=500)]
 @router.get("/nodes")
 def list_nodes(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     all_nodes = nodes.list_nodes(db)
-    holders = cluster.gpu_holders(db)
+    holders = cluster.gpu_holders(db, viewer.actor)
     return render.page(
         request,
         "nodes.html",

@@ -20,7 +20,7 @@ def overview(
     request: Request, db: SessionDep, viewer: Viewer = Depends(session.require_viewer)
 ) -> Response:
     all_nodes = nodes.list_nodes(db)
-    holders = cluster.gpu_holders(db)
+    holders = cluster.gpu_holders(db, viewer.actor)
     views = projects.list_projects(db, viewer.actor)
     # An administrator's overview lists every project; a member's, only theirs.
     usage = cluster.project_usage(db, [v.project.id for v in views])
