@@ -12,6 +12,7 @@ close to no other has a group of its own, "gpu-<index>". Groups are numbered by 
 GPU index, so the same machine always gets the same names.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -63,14 +64,12 @@ def discover(
         finally:
             if own:
                 nvml.shutdown()
-    if gpus and settings.simulated_gpus:
-        log.warning(
-            "ignoring the %d simulated GPU declaration(s): this host has %d real GPU(s)",
-            len(settings.simulated_gpus),
-            len(gpus),
-        )
-    elif not gpus and settings.simulated_gpus:
+    declared = _declared(settings)
+    if gpus and declared:
+        _ignoring_simulated(declared, len(gpus))
+    elif declared:
         gpus, links = simulated_gpus(settings, name)
+        _simulated_declared(declared)
     return Host(
         name=name,
         cpus=_cpus(),
@@ -80,6 +79,37 @@ def discover(
         gpus=gpus,
         driver=driver,
         links=links,
+    )
+
+
+def _declared(settings: Settings) -> tuple[tuple[int, str], ...]:
+    """The simulated GPUs declared in the settings, as (count, model) pairs."""
+    return tuple((declared.count, declared.model) for declared in settings.simulated_gpus)
+
+
+def _describe(declared: tuple[tuple[int, str], ...]) -> str:
+    """For people: "4 simulated GPUs (A100-SXM4-80GB)", "6 simulated GPUs (4 × A100, 2 × L40S)"."""
+    total = sum(count for count, _ in declared)
+    if len({model for _, model in declared}) == 1:
+        models = declared[0][1]
+    else:
+        models = ", ".join(f"{count} × {model}" for count, model in declared)
+    return f"{total} simulated GPU{'' if total == 1 else 's'} ({models})"
+
+
+# Discovery runs at every inventory (a minute by default): what it has to say about the
+# declaration is said once per process (and declaration), not at every run.
+@functools.cache
+def _simulated_declared(declared: tuple[tuple[int, str], ...]) -> None:
+    log.info("%s declared; nothing runs on real GPUs", _describe(declared))
+
+
+@functools.cache
+def _ignoring_simulated(declared: tuple[tuple[int, str], ...], real: int) -> None:
+    log.warning(
+        "%s declared but ignored: this host has %d real GPU(s)",
+        _describe(declared),
+        real,
     )
 
 

@@ -11,6 +11,7 @@ driver library or without a working driver simply has no NVML (`load_nvml` retur
 """
 
 import contextlib
+import functools
 import logging
 import math
 import re
@@ -356,18 +357,25 @@ def normalise_bus_id(bus_id: str) -> str:
 
 def load_nvml() -> Nvml | None:
     """NVML of this host, initialised, or None when there is no usable driver (the package,
-    the library or the kernel driver missing, or NVML failing to initialise)."""
+    the library or the kernel driver missing, or NVML failing to initialise). Callers ask
+    again at every inventory; the log says why there is none once per process."""
     try:
         import pynvml  # optional: most test machines have no GPU
     except ImportError:
-        log.info("nvidia-ml-py (pynvml) is not installed: no NVIDIA GPUs")
+        _no_driver("the nvidia-ml-py package (pynvml) is not installed")
         return None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
-        log.info("NVML is not available (%s): no NVIDIA GPUs", error)
+        _no_driver(f"NVML: {error}")
         return None
     except OSError as error:  # a broken library on some systems
-        log.info("NVML could not be loaded (%s): no NVIDIA GPUs", error)
+        _no_driver(f"NVML could not be loaded: {error}")
         return None
     return PynvmlAdapter(pynvml)
+
+
+@functools.cache
+def _no_driver(why: str) -> None:
+    """Said once per process (and reason): a host without a driver stays without one."""
+    log.info("No NVIDIA driver found (%s): this host has no real GPUs", why)

@@ -6,7 +6,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from suanli.schemas.jobs import Duration, EnvName, EventOut, JobOut, Priority, Resources
+from suanli.schemas.jobs import (
+    Duration,
+    Environment,
+    EventOut,
+    JobOut,
+    Priority,
+    Resources,
+    Workdir,
+)
 from suanli.schemas.types import Flag, Name, RequestModel, ResponseModel, ShortText, text
 
 Tool = Literal["jupyter", "terminal", "vscode", "ssh"]
@@ -27,10 +35,8 @@ class DevEnvSpec(RequestModel):
     # A virtual or conda environment the administrator prepared (settings
     # `devenv_environments`); empty: the server's own Python.
     environment: Name | None = None
-    workdir: text(min_length=1, max_length=4096) | None = None
-    env: Annotated[dict[EnvName, text(max_length=32_768)], Field(max_length=200)] = Field(
-        default_factory=dict
-    )
+    workdir: Workdir | None = None
+    env: Environment = Field(default_factory=dict)
     pool: Name | None = None
     priority: Priority = "normal"
     # Someone is working in it: by default it is not preempted for other work.

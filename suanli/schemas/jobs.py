@@ -5,14 +5,23 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from suanli.core.durations import parse_duration
 from suanli.core.quantities import parse_bytes
 from suanli.schemas.types import (
     MAX_BYTES,
     MAX_INT32,
+    NO_NUL_PATTERN,
     Flag,
     Name,
     RequestModel,
@@ -68,10 +77,141 @@ Duration = Annotated[
     Field(ge=1, le=MAX_DURATION, strict=True),
     _number_or_text(MAX_DURATION, DURATION_PATTERN, "2h30m", minimum=1),
 ]
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Priority = Literal["high", "normal", "low"]
-Command = Annotated[list[text(min_length=1, max_length=4096)], Field(min_length=1, max_length=1000)]
 DEFAULT_MEMORY = 4 * 2**30
+
+# Rules a workload meets at submit (README, "Jobs on shared GPUs": checked at submit). A
+# spec kept from before a rule existed must still load for the scheduler: validated with
+# `context=STORED`, these rules are skipped.
+STORED = {"stored": True}
+# Less than this and the kernel kills the workload before its program has started.
+MIN_MEMORY = 16 * 2**20
+# Linux refuses to start a program whose arguments and environment together exceed ARG_MAX
+# (2 MiB with the usual 8 MiB stack) or one string over 128 KiB ("Argument list too long"):
+# these caps leave room for what the platform adds, and are far above real use.
+MAX_COMMAND_BYTES = 256 * 1024
+MAX_ENV_VARIABLES = 200
+MAX_ENV_VALUE = 32 * 1024  # characters
+MAX_ENV_BYTES = 64 * 1024  # all of NAME=value, in UTF-8
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# An absolute path in which no component is "..": a workload starts where it says, not
+# somewhere it climbs to. Written without lookarounds, which some regex dialects lack.
+_SEGMENT = r"(?:[^./\x00][^/\x00]*|\.(?:[^./\x00][^/\x00]*)?|\.\.[^/\x00]+)?"
+WORKDIR_PATTERN = rf"^(?:/{_SEGMENT})+$"
+# Variables the platform sets itself, or that would let a workload load code into the
+# platform's own processes (the launchers, a dev environment's agent) or reach devices and
+# MPS servers it was not given: (name or prefix ending in "_", the reason's error type).
+RESERVED_VARIABLES = (
+    ("SUANLI_", "env_platform"),
+    ("CUDA_MPS_", "env_mps"),
+    ("CUDA_VISIBLE_DEVICES", "env_devices"),
+    ("NVIDIA_VISIBLE_DEVICES", "env_devices"),
+    ("LD_PRELOAD", "env_loader"),
+    ("LD_LIBRARY_PATH", "env_loader"),
+    ("LD_AUDIT", "env_loader"),
+)
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
+
+
+def variable_problem(name: str) -> str | None:
+    """Why a workload may not set the environment variable `name` (an error type, whose
+    message is `validation.<type>`), or None when it may."""
+    if not re.fullmatch(ENV_NAME_PATTERN, name):
+        return "env_name"
+    for reserved, problem in RESERVED_VARIABLES:
+        if name == reserved or (reserved.endswith("_") and name.startswith(reserved)):
+            return problem
+    return None
+
+
+def _environment(env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    """Every refused name is reported at `env.<NAME>`; then the size of the whole."""
+    if _stored(info):
+        return env
+    refused = [
+        InitErrorDetails(
+            type=PydanticCustomError(problem, "may not be set: {name}", {"name": name}),
+            loc=(name,),
+            input=name,
+        )
+        for name in env
+        if (problem := variable_problem(name))
+    ]
+    if refused:
+        raise ValidationError.from_exception_data("env", refused)
+    size = sum(len(f"{name}={value}".encode()) + 1 for name, value in env.items())
+    if size > MAX_ENV_BYTES:
+        raise PydanticCustomError(
+            "env_too_large",
+            "the variables take {size_kib} KiB; at most {limit_kib} KiB",
+            {"size_kib": -(-size // 1024), "limit_kib": MAX_ENV_BYTES // 1024},
+        )
+    return env
+
+
+def _command(command: list[str], info: ValidationInfo) -> list[str]:
+    size = sum(len(argument.encode()) + 1 for argument in command)
+    if size > MAX_COMMAND_BYTES and not _stored(info):
+        raise PydanticCustomError(
+            "command_too_large",
+            "the arguments take {size_kib} KiB; at most {limit_kib} KiB",
+            {"size_kib": -(-size // 1024), "limit_kib": MAX_COMMAND_BYTES // 1024},
+        )
+    return command
+
+
+def _workdir(path: str, info: ValidationInfo) -> str:
+    if not re.fullmatch(WORKDIR_PATTERN, path) and not _stored(info):
+        raise PydanticCustomError("workdir_path", "must be an absolute path without '..'")
+    return path
+
+
+def _memory(value: int, info: ValidationInfo) -> int:
+    if value < MIN_MEMORY and not _stored(info):
+        raise PydanticCustomError("memory_too_small", "must be at least {min}", {"min": "16Mi"})
+    return value
+
+
+# The environment of a workload (jobs and dev environments alike).
+Environment = Annotated[
+    dict[str, text(max_length=MAX_ENV_VALUE)],
+    Field(max_length=MAX_ENV_VARIABLES),
+    AfterValidator(_environment),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_ENV_VARIABLES,
+            "propertyNames": {"pattern": ENV_NAME_PATTERN},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_ENV_VALUE,
+                "pattern": NO_NUL_PATTERN,
+            },
+        }
+    ),
+]
+Command = Annotated[
+    list[text(min_length=1, max_length=4096)],
+    Field(min_length=1, max_length=1000),
+    AfterValidator(_command),
+]
+Workdir = Annotated[
+    text(min_length=1, max_length=4096),
+    AfterValidator(_workdir),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": WORKDIR_PATTERN}
+    ),
+]
+Memory = Annotated[
+    int,
+    BeforeValidator(_size),
+    Field(ge=0, le=MAX_BYTES, strict=True),
+    AfterValidator(_memory),
+    _number_or_text(MAX_BYTES, SIZE_PATTERN, "16Gi", minimum=MIN_MEMORY),
+]
 
 
 Launcher = Literal["none", "torchrun", "deepspeed", "mpirun"]
@@ -88,7 +228,7 @@ class Resources(RequestModel):
     gpu_memory: Size | None = None
     gpu_compute_percent: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
     cpus: Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False, strict=True)] = 1.0
-    memory: Size = DEFAULT_MEMORY
+    memory: Memory = DEFAULT_MEMORY
 
     @model_validator(mode="after")
     def _whole_or_fraction(self) -> "Resources":
@@ -112,15 +252,10 @@ class JobSpec(RequestModel):
 
     project: Name
     name: ShortText = ""
-    command: (
-        Annotated[list[text(min_length=1, max_length=4096)], Field(min_length=1, max_length=1000)]
-        | None
-    ) = None
+    command: Command | None = None
     script: text(min_length=1, max_length=100_000) | None = None
-    workdir: text(min_length=1, max_length=4096) | None = None
-    env: Annotated[dict[EnvName, text(max_length=32_768)], Field(max_length=200)] = Field(
-        default_factory=dict
-    )
+    workdir: Workdir | None = None
+    env: Environment = Field(default_factory=dict)
     resources: Resources = Resources()
     # How the command is started on each node: `torchrun` / `deepspeed` start one process per
     # GPU, `mpirun` one MPI rank per GPU, `none` runs the command once per node. Each gets the

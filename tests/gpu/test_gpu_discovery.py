@@ -193,7 +193,7 @@ def test_real_gpus_win_over_simulated_ones(tmp_path: Path, caplog) -> None:
         host = discover(settings, nvml=FakeNvml([FakeGpu("GPU-real")]))
     assert [g.uuid for g in host.gpus] == ["GPU-real"]
     assert not host.gpus[0].simulated
-    assert "ignoring the 1 simulated GPU declaration" in caplog.text
+    assert "4 simulated GPUs (Simulated GPU) declared but ignored" in caplog.text
 
 
 def test_driver_without_gpus_uses_simulated_ones(tmp_path: Path) -> None:

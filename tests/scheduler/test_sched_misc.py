@@ -40,10 +40,10 @@ def test_place_false_counts_running_work_without_placement() -> None:
         (Request(gpus=1, nodes=0), "invalid_value", {"field": "nodes", "value": 0}),
         (Request(gpu_compute_percent=150), "compute_percent_range", {"value": 150}),
         (Request(gpus=1, gpu_memory_bytes=GIB), "mixed_gpu_request", {"gpus": 1}),
-        (Request(gpus=9), "too_many_gpus", {"requested": 9, "largest": 8, "model": ""}),
+        (Request(gpus=9), "too_many_gpus", {"requested": 9, "largest": 8}),
         (
             Request(gpus=2, gpu_model="H100"),
-            "too_many_gpus",
+            "too_many_model_gpus",
             {"requested": 2, "largest": 1, "model": "H100"},
         ),
         (
@@ -51,8 +51,14 @@ def test_place_false_counts_running_work_without_placement() -> None:
             "unknown_gpu_model",
             {"model": "V100", "available": f"NVIDIA A100-SXM4-80GB, {H100}"},
         ),
-        (Request(gpu_memory_bytes=GIB), "no_shared_gpus", {"model": ""}),
+        (Request(gpu_memory_bytes=GIB), "no_shared_gpus", {}),
+        (
+            Request(gpu_memory_bytes=GIB, gpu_model="H100"),
+            "no_shared_model_gpus",
+            {"model": "H100"},
+        ),
         (Request(gpus=1, cpus=65), "too_many_cpus", {"requested": 65, "largest": 64}),
+        (Request(cpus=64.5), "too_many_cpus", {"requested": 64.5, "largest": 64}),
         (
             Request(gpus=1, memory_bytes=600 * GIB),
             "too_much_memory",

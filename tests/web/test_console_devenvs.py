@@ -18,7 +18,7 @@ import httpx
 import pytest
 from browsing import ADMIN_PASSWORD, accept_dialogs, log_in, screenshot
 from playwright.sync_api import BrowserContext, expect
-from test_console_http import CATALOGUE_KEY, Browser
+from test_console_http import CATALOGUE_KEY, Browser, hold_cpus
 
 from suanli.client import Client
 
@@ -40,8 +40,8 @@ def api(console: Any, user: str) -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def people(console: Any, admin_api: Client) -> dict[str, str]:
-    """alice owns `mine` and `idle` (no CPUs: what is created there waits, cheaply); bob is a
-    stranger to both, with a project of his own."""
+    """alice owns `mine` and `idle` (its CPU held: what is created there waits, cheaply); bob
+    is a stranger to both, with a project of his own."""
     alice, bob = unique("alice"), unique("bob")
     mine, idle, theirs = unique("mine"), unique("idle"), unique("theirs")
     for name in (alice, bob):
@@ -49,7 +49,8 @@ def people(console: Any, admin_api: Client) -> dict[str, str]:
     admin_api.projects.create(mine, owner=alice)
     admin_api.projects.create(idle, owner=alice)
     admin_api.projects.create(theirs, owner=bob)
-    admin_api.projects.set_quota(idle, cpus=0)
+    admin_api.projects.set_quota(idle, cpus=1)
+    hold_cpus(admin_api, idle)
     return {"alice": alice, "bob": bob, "mine": mine, "idle": idle, "theirs": theirs}
 
 

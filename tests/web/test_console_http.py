@@ -281,13 +281,28 @@ def test_the_whole_log_downloads_as_a_file_for_members_only(
     assert bob.http.get(path).status_code == 404
 
 
+def hold_cpus(client: Client, project: str) -> int:
+    """A job that runs (on a hundredth of a CPU) for as long as the module: with the
+    project's quota at 1 CPU, whatever else asks for a CPU there waits, cheaply."""
+    spec = {"project": project, "command": ["sleep", "3600"], "resources": {"cpus": 0.01}}
+    holder = client.jobs.submit(spec).id
+    deadline = time.monotonic() + 30
+    while client.jobs.get(holder).state != "running":
+        assert time.monotonic() < deadline, "the holder did not start"
+        time.sleep(0.2)
+    return holder
+
+
 def test_job_lists_page_through_more_than_a_hundred(console, admin_api: Client) -> None:
     project = unique("crowd")
     admin_api.projects.create(project)
-    admin_api.projects.set_quota(project, cpus=0)  # every job waits: nothing runs here
-    ids = [
+    # Every job but the first waits for the project's CPUs, which the first holds: nothing
+    # else runs here. (A quota no job fits in would refuse them at submit.)
+    admin_api.projects.set_quota(project, cpus=1)
+    holder = hold_cpus(admin_api, project)
+    ids = [holder] + [
         admin_api.jobs.submit({"project": project, "command": ["true"], "name": f"n{i}"}).id
-        for i in range(105)
+        for i in range(104)
     ]
     admin = Browser(console.url)
     admin.log_in("admin", ADMIN_PASSWORD)
