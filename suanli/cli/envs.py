@@ -2,13 +2,13 @@
 
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from suanli.cli import config
+from suanli.cli.commands import App
 from suanli.cli.jobs import (
     CpusOption,
     EnvOption,
@@ -22,6 +22,7 @@ from suanli.cli.jobs import (
     PriorityOption,
     Tail,
     WorkdirOption,
+    age,
     gpus_cell,
     history,
     load_spec,
@@ -31,14 +32,26 @@ from suanli.cli.jobs import (
     state_text,
     why,
 )
-from suanli.cli.output import JsonOption, fail, fields, label, print_json, say, t, table
+from suanli.cli.output import (
+    JsonOption,
+    fail,
+    fields,
+    label,
+    print_json,
+    print_json_line,
+    report,
+    say,
+    stream_log,
+    t,
+    table,
+)
 from suanli.cli.session import connect
 from suanli.client import Client
 from suanli.core.durations import format_duration
 from suanli.core.states import State
 from suanli.schemas.devenvs import DevEnvDetailOut, DevEnvOut
 
-app = typer.Typer(
+app = App(
     help="Dev environments: create, list, show, stop, restart, remove, logs, SSH config.",
     no_args_is_help=True,
 )
@@ -169,7 +182,7 @@ def list_envs(
                 state_text(e.state),
                 gpus_cell(e),
                 _tools(e),
-                _age(e.submitted_at),
+                age(e.submitted_at),
             )
             for e in envs
         ],
@@ -245,31 +258,37 @@ def restart(env_id: EnvId, json: JsonOption = False) -> None:
 
 
 @app.command("rm")
-def remove(env_id: EnvId) -> None:
+def remove(env_id: EnvId, json: JsonOption = False) -> None:
     """Forget a stopped environment; its name is free again (its files stay)."""
     with connect() as client:
         client.devenvs.remove(env_id)
-    say("cli.devenv_removed", id=env_id)
+    report(json, "cli.devenv_removed", {"id": env_id, "removed": True}, id=env_id)
 
 
 @app.command()
-def logs(env_id: EnvId, follow: Follow = False, tail: Tail = None) -> None:
-    """Print what its tools logged; --follow streams it until the environment stops."""
+def logs(
+    env_id: EnvId, follow: Follow = False, tail: Tail = None, json: JsonOption = False
+) -> None:
+    """Print what its tools logged; --follow streams it until the environment stops.
+    With --json: JSON Lines, {"line": …} per line (with --follow, {"devenv": …} at the end)."""
     with connect() as client:
         if follow:
-            _follow(client, env_id, tail)
+            _follow(client, env_id, tail, json=json)
             return
-        sys.stdout.write(client.devenvs.logs(env_id, tail=tail).text)
+        stream_log([client.devenvs.logs(env_id, tail=tail).text], json)
 
 
 @app.command("ssh-config")
-def ssh_config(env_id: EnvId) -> None:
+def ssh_config(env_id: EnvId, json: JsonOption = False) -> None:
     """Print its ~/.ssh/config entry: suanli envs ssh-config 12 >> ~/.ssh/config"""
     with connect() as client:
         env = client.devenvs.get(env_id)
     if env.ssh is None:
         fail(t("cli.devenv_no_ssh", name=env.name))
         raise typer.Exit(1)
+    if json:
+        print_json(env.ssh)
+        return
     sys.stdout.write(env.ssh.config)
 
 
@@ -292,11 +311,12 @@ def _access(env: DevEnvDetailOut, *, has_keys: bool) -> None:
         say("cli.devenv_no_ssh_keys")
 
 
-def _follow(client: Client, env_id: int, tail: int | None) -> None:
-    for text in client.devenvs.follow(env_id, tail=tail):
-        sys.stdout.write(text)
-        sys.stdout.flush()
+def _follow(client: Client, env_id: int, tail: int | None, *, json: bool) -> None:
+    stream_log(client.devenvs.follow(env_id, tail=tail), json)
     env = client.devenvs.get(env_id)
+    if json:
+        print_json_line({"devenv": env.model_dump(mode="json")})
+        return
     how = why(env) or label("state", env.state)
     say("cli.devenv_ended", id=env.id, name=env.name, how=how)
 
@@ -307,10 +327,3 @@ def _tools(env: DevEnvOut) -> str:
 
 def _duration(seconds: int | None) -> str | None:
     return format_duration(seconds) if seconds else None
-
-
-def _age(since: datetime, now: datetime | None = None) -> str:
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    seconds = ((now or datetime.now(UTC)) - since).total_seconds()
-    return format_duration(max(seconds, 0))

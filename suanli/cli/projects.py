@@ -5,15 +5,16 @@ from typing import Annotated, Any
 
 import typer
 
-from suanli.cli.output import JsonOption, fields, label, print_json, say, t, table
+from suanli.cli.commands import App
+from suanli.cli.output import JsonOption, fields, label, print_json, report, t, table
 from suanli.cli.session import connect
 from suanli.core.quantities import format_bytes, parse_bytes
 from suanli.core.roles import ProjectRole
 from suanli.schemas.projects import ProjectOut, QuotaOut
 
-app = typer.Typer(help="Projects: the tenants that own quotas and work.", no_args_is_help=True)
-members_app = typer.Typer(help="Project members and their roles.", no_args_is_help=True)
-quota_app = typer.Typer(help="Project quotas.", no_args_is_help=True)
+app = App(help="Projects: the tenants that own quotas and work.", no_args_is_help=True)
+members_app = App(help="Project members and their roles.", no_args_is_help=True)
+quota_app = App(help="Project quotas.", no_args_is_help=True)
 
 Project = Annotated[str, typer.Argument(help="Project name.")]
 User = Annotated[str, typer.Argument(help="User name.")]
@@ -98,10 +99,7 @@ def create(
         project = client.projects.create(
             name, display_name=display_name, description=description, owner=owner
         )
-    if json:
-        print_json(project)
-    else:
-        say("cli.project_created", name=project.name)
+    report(json, "cli.project_created", project, name=project.name)
 
 
 @app.command()
@@ -112,11 +110,13 @@ def show(name: Project, json: JsonOption = False) -> None:
 
 
 @app.command()
-def rename(name: Project, new_name: Annotated[str, typer.Argument()]) -> None:
+def rename(
+    name: Project, new_name: Annotated[str, typer.Argument()], json: JsonOption = False
+) -> None:
     """Rename a project (owners)."""
     with connect() as client:
-        client.projects.update(name, new_name=new_name)
-    say("cli.project_renamed", name=name, new_name=new_name)
+        project = client.projects.update(name, new_name=new_name)
+    report(json, "cli.project_renamed", project, name=name, new_name=new_name)
 
 
 @app.command()
@@ -134,19 +134,19 @@ def update(
 
 
 @app.command()
-def archive(name: Project) -> None:
+def archive(name: Project, json: JsonOption = False) -> None:
     """Archive a project: read-only and hidden from the default list."""
     with connect() as client:
-        client.projects.archive(name)
-    say("cli.project_archived", name=name)
+        project = client.projects.archive(name)
+    report(json, "cli.project_archived", project, name=name)
 
 
 @app.command()
-def unarchive(name: Project) -> None:
+def unarchive(name: Project, json: JsonOption = False) -> None:
     """Bring an archived project back."""
     with connect() as client:
-        client.projects.unarchive(name)
-    say("cli.project_unarchived", name=name)
+        project = client.projects.unarchive(name)
+    report(json, "cli.project_unarchived", project, name=name)
 
 
 @members_app.command("list")
@@ -167,27 +167,37 @@ Role = Annotated[ProjectRole, typer.Option(help="owner, member or viewer.")]
 
 
 @members_app.command()
-def add(project: Project, user: User, role: Role = ProjectRole.member) -> None:
+def add(
+    project: Project, user: User, role: Role = ProjectRole.member, json: JsonOption = False
+) -> None:
     """Add a user to a project (owners)."""
     with connect() as client:
-        client.projects.add_member(project, user, role)
-    say("cli.member_added", user=user, project=project, role=label("role", role.value))
+        member = client.projects.add_member(project, user, role)
+    role_word = label("role", role.value)
+    report(json, "cli.member_added", member, user=user, project=project, role=role_word)
 
 
 @members_app.command("set-role")
-def set_role(project: Project, user: User, role: Annotated[ProjectRole, typer.Argument()]) -> None:
+def set_role(
+    project: Project,
+    user: User,
+    role: Annotated[ProjectRole, typer.Argument()],
+    json: JsonOption = False,
+) -> None:
     """Change a member's role (owners)."""
     with connect() as client:
-        client.projects.set_member_role(project, user, role)
-    say("cli.member_role_set", user=user, project=project, role=label("role", role.value))
+        member = client.projects.set_member_role(project, user, role)
+    role_word = label("role", role.value)
+    report(json, "cli.member_role_set", member, user=user, project=project, role=role_word)
 
 
 @members_app.command()
-def remove(project: Project, user: User) -> None:
+def remove(project: Project, user: User, json: JsonOption = False) -> None:
     """Remove a member from a project (owners)."""
     with connect() as client:
         client.projects.remove_member(project, user)
-    say("cli.member_removed", user=user, project=project)
+    gone = {"project": project, "user": user, "removed": True}
+    report(json, "cli.member_removed", gone, user=user, project=project)
 
 
 @quota_app.command("show")

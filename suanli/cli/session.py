@@ -11,7 +11,7 @@ def connect() -> Client:
     """A client for the saved server and token; exits with a hint when not logged in."""
     saved = config.load()
     if not saved.token:
-        fail(t("cli.not_logged_in"))
+        fail(t("cli.not_logged_in"), "not-logged-in")
         raise typer.Exit(1)
     return Client(saved.url, saved.token, language=language())
 
@@ -22,4 +22,5 @@ def read_secret(prompt_key: str, *, from_stdin: bool, confirm: bool = False) -> 
         import sys
 
         return sys.stdin.readline().rstrip("\n")
-    return typer.prompt(t(prompt_key), hide_input=True, confirmation_prompt=confirm)
+    # On stderr, so that stdout holds only what the command prints (JSON under --json).
+    return typer.prompt(t(prompt_key), hide_input=True, confirmation_prompt=confirm, err=True)

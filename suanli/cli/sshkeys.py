@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from suanli.cli.output import JsonOption, fail, print_json, say, t, table
+from suanli.cli.commands import App
+from suanli.cli.output import JsonOption, fail, print_json, report, say, t, table
 from suanli.cli.session import connect
 
-app = typer.Typer(help="Manage your SSH public keys.", no_args_is_help=True)
+app = App(help="Manage your SSH public keys.", no_args_is_help=True)
 DEFAULT_KEY = Path("~/.ssh/id_ed25519.pub")
 
 
@@ -47,11 +48,14 @@ def add(
 
 
 @app.command()
-def remove(key_id: Annotated[int, typer.Argument(help="Key id from 'ssh-keys list'.")]) -> None:
+def remove(
+    key_id: Annotated[int, typer.Argument(help="Key id from 'ssh-keys list'.")],
+    json: JsonOption = False,
+) -> None:
     """Remove a key: its holder can no longer SSH in as you."""
     with connect() as client:
         client.ssh_keys.remove(key_id)
-    say("cli.ssh_key_removed", id=key_id)
+    report(json, "cli.ssh_key_removed", {"id": key_id, "removed": True}, id=key_id)
 
 
 def _read_key(file: str) -> str:

@@ -4,10 +4,11 @@ from typing import Annotated
 
 import typer
 
-from suanli.cli.output import JsonOption, label, print_json, say, table
+from suanli.cli.commands import App
+from suanli.cli.output import JsonOption, label, print_json, report, say, table
 from suanli.cli.session import connect
 
-app = typer.Typer(help="Manage your API tokens.", no_args_is_help=True)
+app = App(help="Manage your API tokens.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -52,8 +53,11 @@ def create(
 
 
 @app.command()
-def revoke(token_id: Annotated[int, typer.Argument(help="Token id from 'tokens list'.")]) -> None:
+def revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id from 'tokens list'.")],
+    json: JsonOption = False,
+) -> None:
     """Revoke a token at once."""
     with connect() as client:
         client.tokens.revoke(token_id)
-    say("cli.token_revoked", id=token_id)
+    report(json, "cli.token_revoked", {"id": token_id, "revoked": True}, id=token_id)

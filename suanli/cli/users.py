@@ -4,11 +4,12 @@ from typing import Annotated
 
 import typer
 
-from suanli.cli.output import JsonOption, fields, print_json, say, t, table
+from suanli.cli.commands import App
+from suanli.cli.output import JsonOption, fields, print_json, report, t, table
 from suanli.cli.session import connect, read_secret
 from suanli.schemas.accounts import UserOut
 
-app = typer.Typer(help="Manage users (administrators).", no_args_is_help=True)
+app = App(help="Manage users (administrators).", no_args_is_help=True)
 Name = Annotated[str, typer.Argument(help="User name.")]
 PasswordStdin = Annotated[bool, typer.Option(help="Read the password from stdin.")]
 
@@ -59,10 +60,7 @@ def create(
         user = client.users.create(
             name, password, is_admin=admin, display_name=display_name, email=email
         )
-    if json:
-        print_json(user)
-    else:
-        say("cli.user_created", name=user.name)
+    report(json, "cli.user_created", user, name=user.name)
 
 
 @app.command()
@@ -73,49 +71,53 @@ def show(name: Name, json: JsonOption = False) -> None:
 
 
 @app.command()
-def disable(name: Name) -> None:
+def disable(name: Name, json: JsonOption = False) -> None:
     """Disable a user: they cannot sign in, and all their tokens are revoked."""
     with connect() as client:
-        client.users.update(name, is_disabled=True)
-    say("cli.user_disabled", name=name)
+        user = client.users.update(name, is_disabled=True)
+    report(json, "cli.user_disabled", user, name=name)
 
 
 @app.command()
-def enable(name: Name) -> None:
+def enable(name: Name, json: JsonOption = False) -> None:
     """Enable a disabled user again."""
     with connect() as client:
-        client.users.update(name, is_disabled=False)
-    say("cli.user_enabled", name=name)
+        user = client.users.update(name, is_disabled=False)
+    report(json, "cli.user_enabled", user, name=name)
 
 
 @app.command("set-admin")
 def set_admin(
     name: Name,
     revoke: Annotated[bool, typer.Option("--revoke", help="Take the role away.")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Make a user an administrator (or, with --revoke, no longer one)."""
     with connect() as client:
-        client.users.update(name, is_admin=not revoke)
-    say("cli.admin_revoked" if revoke else "cli.admin_granted", name=name)
+        user = client.users.update(name, is_admin=not revoke)
+    report(json, "cli.admin_revoked" if revoke else "cli.admin_granted", user, name=name)
 
 
 @app.command("reset-password")
-def reset_password(name: Name, password_stdin: PasswordStdin = False) -> None:
+def reset_password(
+    name: Name, password_stdin: PasswordStdin = False, json: JsonOption = False
+) -> None:
     """Set a new password for a user; their login sessions end."""
     password = read_secret("cli.prompt_new_password", from_stdin=password_stdin, confirm=True)
     with connect() as client:
         client.users.reset_password(name, password)
-    say("cli.password_reset", name=name)
+    report(json, "cli.password_reset", {"name": name, "password_reset": True}, name=name)
 
 
 @app.command()
 def delete(
     name: Name,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Delete a user, their tokens and memberships. The audit trail keeps their name."""
     if not yes:
-        typer.confirm(t("cli.confirm_delete_user", name=name), abort=True)
+        typer.confirm(t("cli.confirm_delete_user", name=name), abort=True, err=True)
     with connect() as client:
         client.users.delete(name)
-    say("cli.user_deleted", name=name)
+    report(json, "cli.user_deleted", {"name": name, "deleted": True}, name=name)

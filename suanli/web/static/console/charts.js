@@ -5,7 +5,9 @@
 // `data-range` (15m, 1h, ... as the range picker set it) or with `data-start` / `data-end`
 // (epoch seconds: a job's life). Series come from /charts/query (the session's cookie), one
 // line per series. Charts of a recent window that is still open refresh every 10 s; all of
-// them follow the width of the page and survive htmx swaps around them.
+// them follow the width of the page and survive htmx swaps around them. A line breaks where its
+// series has no points for longer than a few of its steps (the server or the node was down)
+// instead of drawing a straight line across the hole; `data-gaps` counts those breaks.
 "use strict";
 
 (() => {
@@ -18,6 +20,8 @@
     "#ca8a04", "#4f46e5", "#65a30d", "#dc2626", "#0d9488", "#7c3aed",
   ];
   const LIMIT_COLOUR = "#94a3b8";
+  // Points further apart than this many steps of their series have a hole between them.
+  const GAP_STEPS = 3;
   // Labels that tell series apart, in the order they are worth showing.
   const TELLING = ["node", "gpu", "mig_profile", "cpu", "interface", "mount", "proto", "sensor",
     "cause", "kind", "job", "pid"];
@@ -165,19 +169,45 @@
         (!query.require || s.labels[query.require] !== undefined)
         && (!query.exclude || s.labels[query.exclude] === undefined));
       const keys = telling(kept, query);
-      const named = kept.map((s) => ({ label: nameOf(query, s, keys, title), points: s.points, dash: !!query.dash }));
+      const named = kept.map((s) => ({
+        label: nameOf(query, s, keys, title), points: s.points, step: answer.step, dash: !!query.dash,
+      }));
       named.sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
       found.push(...named);
     });
     return found;
   }
 
-  function aligned(found) {
-    const times = [...new Set(found.flatMap((line) => line.points.map((p) => p[0])))].sort((a, b) => a - b);
+  // A series' step: what the server answered, or the usual distance between its points when
+  // they are sparser (samples every 10 s asked for at 1 s).
+  function stepOf(points, answered) {
+    const distances = points.slice(1).map((point, i) => point[0] - points[i][0]).sort((a, b) => a - b);
+    const usual = distances.length ? distances[Math.floor((distances.length - 1) / 2)] : 0;
+    return Math.max(answered || 0, usual);
+  }
+
+  // The points with a null one step after each point that is followed by a hole: uPlot breaks a
+  // line at a null (spanGaps is off) and draws on across an undefined.
+  function withGaps(line) {
+    const step = stepOf(line.points, line.step);
+    const points = [];
+    line.points.forEach((point, i) => {
+      const previous = line.points[i - 1];
+      const hole = previous && step > 0 && point[0] - previous[0] > GAP_STEPS * step;
+      if (hole) points.push([previous[0] + step, null]);
+      points.push(point);
+    });
+    return points;
+  }
+
+  // One time axis for all lines; where a line has no point at a time, undefined (spanned), so
+  // that series sampled at different moments still draw as lines.
+  function aligned(lines) {
+    const times = [...new Set(lines.flatMap((points) => points.map((p) => p[0])))].sort((a, b) => a - b);
     const at = new Map(times.map((time, i) => [time, i]));
-    const columns = found.map((line) => {
-      const column = new Array(times.length).fill(null);
-      for (const [time, value] of line.points) column[at.get(time)] = value;
+    const columns = lines.map((points) => {
+      const column = new Array(times.length).fill(undefined);
+      for (const [time, value] of points) column[at.get(time)] = value;
       return column;
     });
     return [times, ...columns];
@@ -210,7 +240,7 @@
         width: line.dash ? 1.25 : 1.75,
         dash: line.dash ? [6, 4] : undefined,
         fill: !line.dash && found.length === 1 ? `${stroke}1f` : undefined,
-        spanGaps: true,
+        spanGaps: false, // breaks at the nulls withGaps() put into holes
         // Where the cursor is, else the latest value.
         value: (u, v, index, at) => {
           const shown = at == null ? latest(u.data[index]) : v;
@@ -291,7 +321,10 @@
       return;
     }
     note(chart, "");
-    const data = aligned(found);
+    const lines = found.map(withGaps);
+    const holes = lines.reduce((n, points) => n + points.filter((p) => p[1] === null).length, 0);
+    chart.figure.dataset.gaps = String(holes);
+    const data = aligned(lines);
     const shape = found.map((line) => line.label).join("\n");
     if (chart.plot && shape === chart.shape) {
       chart.plot.setData(data);
