@@ -132,9 +132,10 @@ def _unauthenticated(request: Request) -> Unauthenticated | None:
         return Unauthenticated()
     try:
         with get_database(request).reading() as session:
-            tokens.authenticate(session, secret.strip())
+            found = tokens.authenticate(session, secret.strip())
     except Unauthenticated as error:
         return error
+    request.state.authenticated = found  # the API's get_caller takes it: one lookup a request
     return None
 
 
