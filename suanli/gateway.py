@@ -21,7 +21,7 @@ import asyncssh
 
 from suanli.config import Settings
 from suanli.db.engine import Database
-from suanli.devenvs import keys
+from suanli.devenvs import endpoints, keys
 from suanli.i18n import DEFAULT_LANGUAGE, translate
 from suanli.services import devenvs, sshkeys
 from suanli.services.devenvs import Entry
@@ -137,7 +137,7 @@ class _Connection(asyncssh.SSHServer):
                 self._upstream = await asyncssh.connect(
                     where.host,
                     where.ports["ssh"],
-                    username="suanli",
+                    username=endpoints.gateway_login(entry.env_id),
                     client_keys=[self.gateway.client_key],
                     known_hosts=([asyncssh.import_public_key(where.ssh_host_key)], [], []),
                     agent_path=None,

@@ -83,8 +83,24 @@ class Activity:
 
 
 class _SshServer(asyncssh.SSHServer):
-    """Only the gateway connects (its key is the one authorised): forwarding is the user's,
-    who already proved who they are to the gateway."""
+    """Only the gateway connects, with its key and the login of this environment
+    (`gateway_login`): the endpoints file that tells the gateway where to connect is written
+    by the environment's own user, who could point it at another user's agent, which takes
+    the same gateway key but not this login. Forwarding is the user's, who already proved who
+    they are to the gateway."""
+
+    def __init__(self, login: str, gateway_keys: asyncssh.SSHAuthorizedKeys) -> None:
+        self.login = login
+        self.gateway_keys = gateway_keys
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return username == self.login and self.gateway_keys.validate(key, "", "") is not None
 
     def connection_requested(self, *_: Any) -> bool:
         return True
@@ -142,12 +158,13 @@ class Agent:
         if "ssh" in tools:
             key = asyncssh.generate_private_key("ssh-ed25519")
             host_key = key.export_public_key().decode().strip()
+            gateway_keys = asyncssh.import_authorized_keys(self.config.gateway_key)
+            login = endpoints.gateway_login(self.config.env_id)
             sshd = await asyncssh.create_server(
-                _SshServer,
+                lambda: _SshServer(login, gateway_keys),
                 self.config.bind,
                 0,
                 server_host_keys=[key],
-                authorized_client_keys=asyncssh.import_authorized_keys(self.config.gateway_key),
                 process_factory=self._ssh_session,
                 sftp_factory=True,
                 allow_scp=True,

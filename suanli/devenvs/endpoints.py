@@ -31,6 +31,11 @@ def without_source(pythonpath: str) -> str:
     return os.pathsep.join(p for p in pythonpath.split(os.pathsep) if p and p != source_root())
 
 
+def gateway_login(env_id: int) -> str:
+    """The login the gateway uses on an environment's agent, and the only one it takes."""
+    return f"env-{env_id}"
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     env_id: int

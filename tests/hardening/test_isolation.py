@@ -249,6 +249,59 @@ def test_ssh_into_ones_own_dev_environment_is_ones_own_account(
     tenants.alice.devenvs.stop(env.id)
 
 
+def test_an_environment_pointed_at_another_users_agent_gets_no_shell_there(
+    platform: "RunningServer", tenants: Tenants, base: Path
+) -> None:
+    """Alice's agent writes where the gateway connects, in a folder she owns: she points her
+    SSH at bob's agent (its port and host key are no secret on this host). The gateway's key
+    is the same for every agent; the login it uses is not, and bob's agent takes only his."""
+    keys = {}
+    for who, client in (("alice", tenants.alice), ("bob", tenants.bob)):
+        keys[who] = asyncssh.generate_private_key("ssh-ed25519")
+        client.request(
+            "POST", "me/ssh-keys", json={"public_key": keys[who].export_public_key().decode()}
+        )
+    alices = tenants.alice.devenvs.create(
+        {"project": tenants.pa, "name": unique("mine"), "tools": ["ssh"]}
+    )
+    bobs = tenants.bob.devenvs.create(
+        {"project": tenants.pb, "name": unique("his"), "tools": ["ssh"]}
+    )
+    for client, env in ((tenants.alice, alices), (tenants.bob, bobs)):
+        wait_for(lambda c=client, e=env: c.devenvs.get(e.id).state == "running", 60, "running")
+    his = json.loads(wait_for(lambda: _read(base / "work" / str(bobs.id) / "endpoints.json"), 30))
+    ssh = tenants.alice.devenvs.get(alices.id).ssh
+    wait_for(lambda: _read(base / "work" / str(alices.id) / "endpoints.json"), 30, "her agent")
+
+    def run(command: str) -> str | None:
+        async def session() -> str:
+            async with asyncssh.connect(
+                ssh.host, ssh.port, username=alices.name, client_keys=[keys["alice"]],
+                known_hosts=None, agent_path=None, config=(),
+            ) as conn:  # fmt: skip
+                return (await conn.run(command)).stdout
+
+        return _attempt(lambda: run_async(session()))
+
+    where = base / "work" / str(alices.id) / "endpoints.json"
+    mine = json.loads(wait_for(lambda: run(f"cat {where}"), 60, "SSH to answer"))
+    forged = {**mine, "ports": {**mine["ports"], "ssh": his["ports"]["ssh"]}}
+    forged["ssh_host_key"] = his["ssh_host_key"]
+    assert run(f"printf '%s' '{json.dumps(forged)}' > {where} && echo written") == "written\n"
+    assert json.loads(_read(where) or "{}") == forged
+    output = run("id -un")
+    assert output is None or f"sl-{tenants.bob_name}" not in output, output
+    tenants.alice.devenvs.stop(alices.id)
+    tenants.bob.devenvs.stop(bobs.id)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def _attempt(action: Any) -> Any:
     try:
         return action()
