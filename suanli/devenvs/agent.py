@@ -226,14 +226,17 @@ class Agent:
             say("VS Code was asked for, but code-server is not installed on this host")
             return
         if self.config.bind not in ("127.0.0.1", "::1"):
-            say("VS Code is served only on the server's own host (code-server has no token)")
+            say("VS Code is served only on the server's own host")
             return
         port = free_port(self.config.bind)
         self.ports["vscode"] = port
+        # Other accounts on this host reach the port too: code-server asks for its session
+        # cookie, which only the server's proxy knows (see endpoints.code_server_secret).
+        secret = {"HASHED_PASSWORD": endpoints.code_server_secret(self.config.token)}
         argv = [
             self.config.code_server,
             "--auth",
-            "none",
+            "password",
             "--bind-addr",
             f"{self.config.bind}:{port}",
             "--disable-telemetry",
@@ -241,7 +244,7 @@ class Agent:
             "--disable-workspace-trust",  # the folder is the user's own
             self.config.workdir,
         ]
-        await self._spawn("code-server", argv, self.env)
+        await self._spawn("code-server", argv, {**self.env, **secret})
 
     async def _stop_children(self) -> None:
         for child in self.children:

@@ -2,6 +2,7 @@
 (where its tools listen). Plain JSON on both sides: the agent imports no more than it must.
 """
 
+import hashlib
 import json
 import os
 import stat
@@ -29,6 +30,17 @@ def with_source(pythonpath: str) -> str:
 
 def without_source(pythonpath: str) -> str:
     return os.pathsep.join(p for p in pythonpath.split(os.pathsep) if p and p != source_root())
+
+
+# code-server's own session cookie: with `--auth password` and HASHED_PASSWORD set, it lets
+# in a request whose cookie holds exactly that value. The agent sets it from the token and the
+# proxy sends it: other accounts on the host, who can reach code-server's port on loopback,
+# know neither.
+CODE_SERVER_COOKIE = "code-server-session"
+
+
+def code_server_secret(token: str) -> str:
+    return hashlib.sha256(f"code-server:{token}".encode()).hexdigest()
 
 
 def gateway_login(env_id: int) -> str:

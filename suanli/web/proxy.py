@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from suanli.api.deps import client_address, get_database
 from suanli.core.errors import Forbidden, SuanliError, Unauthenticated, Unavailable
+from suanli.devenvs import endpoints
 from suanli.services import devenvs, tokens
 from suanli.services.actor import Actor
 from suanli.services.devenvs import Entry
@@ -107,9 +108,9 @@ def _target(entry: Entry, tool: str, connection: HTTPConnection, scheme: str) ->
     return base + path + (f"?{query}" if query else "")
 
 
-def _headers(connection: HTTPConnection, entry: Entry) -> list[tuple[str, str]]:
+def _headers(connection: HTTPConnection, entry: Entry, tool: str) -> list[tuple[str, str]]:
     """The request's headers without hop-by-hop ones and without the server's own
-    credentials and cookies; with the environment's token."""
+    credentials and cookies; with the environment's token (code-server: its cookie)."""
     kept = [
         (name, value)
         for name, value in connection.headers.items()
@@ -119,6 +120,9 @@ def _headers(connection: HTTPConnection, entry: Entry) -> list[tuple[str, str]]:
         and not name.startswith("sec-websocket-")
     ]
     cookies = _their_cookies(connection.headers.get("cookie", ""))
+    if tool == "vscode":
+        secret = endpoints.code_server_secret(entry.token)
+        cookies = "; ".join(c for c in (cookies, f"{endpoints.CODE_SERVER_COOKIE}={secret}") if c)
     if cookies:
         kept.append(("cookie", cookies))
     kept.append(("authorization", f"token {entry.token}"))
@@ -151,7 +155,7 @@ async def http_endpoint(request: Request) -> Response:
     outgoing = pool.build_request(
         request.method,
         _target(entry, tool, request, "http"),
-        headers=_headers(request, entry),
+        headers=_headers(request, entry, tool),
         content=request.stream() if has_body else None,
     )
     try:
@@ -192,7 +196,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         upstream = await connect(
             _target(entry, tool, websocket, "ws"),
-            additional_headers=_headers(websocket, entry),
+            additional_headers=_headers(websocket, entry, tool),
             subprotocols=offered or None,  # type: ignore[arg-type]
             max_size=None,
             compression=None,
