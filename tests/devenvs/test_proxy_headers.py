@@ -3,6 +3,7 @@ own credentials and cookies never reach a tool, and a tool cannot set the server
 
 from starlette.requests import HTTPConnection
 
+from suanli.devenvs import endpoints
 from suanli.devenvs.endpoints import Endpoints
 from suanli.services.devenvs import Entry
 from suanli.web import proxy
@@ -30,6 +31,7 @@ def test_the_servers_credentials_and_cookies_stay_here() -> None:
             }
         ),
         ENTRY,
+        "jupyter",
     )
     headers = dict(sent)
     assert len(headers) == len(sent)  # each header once
@@ -44,8 +46,21 @@ def test_the_servers_credentials_and_cookies_stay_here() -> None:
 
 
 def test_without_cookies_of_ours_none_is_sent() -> None:
-    sent = dict(proxy._headers(connection({"Host": "h", "Cookie": "suanli_session=S"}), ENTRY))
-    assert "cookie" not in sent
+    sent = proxy._headers(connection({"Host": "h", "Cookie": "suanli_session=S"}), ENTRY, "jupyter")
+    assert "cookie" not in dict(sent)
+
+
+def test_code_server_gets_its_session_cookie_from_the_token() -> None:
+    """code-server listens on loopback, where other accounts' workloads reach it: it lets in
+    only the cookie that the agent's HASHED_PASSWORD makes, which the proxy alone sends."""
+    cookie = f"{endpoints.CODE_SERVER_COOKIE}={endpoints.code_server_secret('the-env-token')}"
+    sent = dict(proxy._headers(connection({"Host": "h", "Cookie": "a=1"}), ENTRY, "vscode"))
+    assert sent["cookie"] == f"a=1; {cookie}"
+    bare = dict(proxy._headers(connection({"Host": "h"}), ENTRY, "vscode"))
+    assert bare["cookie"] == cookie
+    assert "the-env-token" not in cookie
+    other = Entry(env_id=8, name="x", token="another-token", endpoints=ENTRY.endpoints)
+    assert cookie not in dict(proxy._headers(connection({"Host": "h"}), other, "vscode"))["cookie"]
 
 
 def test_a_tool_cannot_set_the_servers_cookies() -> None:
