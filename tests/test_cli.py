@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from suanli.cli.main import main
@@ -137,6 +138,17 @@ def test_tokens_from_the_cli(cli, server: RunningServer) -> None:
     assert code == 0 and created["token"].startswith("sl_")
     code, out, _ = cli("tokens", "list")
     assert created["token"] not in out and created["prefix"] in out
+    assert cli("tokens", "revoke", str(created["id"]))[0] == 0
+
+
+def test_a_token_for_prometheus_reads_metrics_only(cli, server: RunningServer) -> None:
+    cli("login", server.url, "-u", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    code, out, _ = cli("tokens", "create", "prometheus", "--kind", "metrics", "--json")
+    created = json.loads(out)
+    assert code == 0 and created["kind"] == "metrics"
+    scrape = {"Authorization": f"Bearer {created['token']}"}
+    assert httpx.get(f"{server.url}/metrics", headers=scrape).status_code == 200
+    assert httpx.get(f"{server.url}/api/v1/me", headers=scrape).status_code == 401
     assert cli("tokens", "revoke", str(created["id"]))[0] == 0
 
 

@@ -1,5 +1,6 @@
 """`suanli tokens`: your API tokens."""
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -9,6 +10,11 @@ from suanli.cli.output import JsonOption, label, print_json, report, say, table
 from suanli.cli.session import connect
 
 app = App(help="Manage your API tokens.", no_args_is_help=True)
+
+
+class TokenKind(StrEnum):
+    api = "api"
+    metrics = "metrics"
 
 
 @app.command("list")
@@ -40,11 +46,15 @@ def list_tokens(json: JsonOption = False) -> None:
 def create(
     name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'ci'.")],
     days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+    kind: Annotated[
+        TokenKind,
+        typer.Option(help="api: everything you may do; metrics: only /metrics (Prometheus)."),
+    ] = TokenKind.api,
     json: JsonOption = False,
 ) -> None:
     """Create a token for scripts. It is printed once: store it now."""
     with connect() as client:
-        created = client.tokens.create(name, expires_in_days=days)
+        created = client.tokens.create(name, expires_in_days=days, kind=kind.value)
     if json:
         print_json(created)
         return

@@ -188,8 +188,12 @@ class Tokens(_Group):
     def list(self) -> list[TokenOut]:
         return self._client.get("me/tokens", list[TokenOut])
 
-    def create(self, name: str, *, expires_in_days: int | None = None) -> TokenCreated:
-        body = {"name": name, "expires_in_days": expires_in_days}
+    def create(
+        self, name: str, *, expires_in_days: int | None = None, kind: str = "api"
+    ) -> TokenCreated:
+        """`kind`: "api" (everything you may do) or "metrics" (reads only /metrics, for
+        Prometheus; administrators)."""
+        body = {"name": name, "expires_in_days": expires_in_days, "kind": kind}
         return TokenCreated.model_validate(self._client.request("POST", "me/tokens", json=body))
 
     def revoke(self, token_id: int) -> None:
