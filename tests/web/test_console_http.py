@@ -374,6 +374,22 @@ def test_two_nodes_are_refused_on_one_server_and_nothing_typed_is_lost(
     assert bogus.status_code == 422 and re.search(r'id="err-launcher">[^<]+torchrun', bogus.text)
 
 
+def test_the_check_as_you_type_says_when_the_projects_quota_never_holds_it(
+    alice: Browser, people, admin_api: Client
+) -> None:
+    """The same 422 as the submit, before any submit: two GPUs in a project capped at one."""
+    project = unique("capped")
+    admin_api.projects.create(project, owner=people["alice"])
+    admin_api.projects.set_quota(project, max_gpus=1)
+    alice.page(f"/jobs/new?project={project}")
+    values = job_form(project, gpu_kind="whole", **{"resources.gpus": "2"})
+    checked = alice.post("/jobs/check", values)
+    assert checked.status_code == 422
+    message = re.search(r"<code>resources.gpus</code>: ([^<]+)<", checked.text).group(1)
+    assert "at most 1" in message and project in message
+    assert alice.post("/jobs/check", job_form(project, gpu_kind="whole")).status_code == 200
+
+
 def test_a_launcher_round_trips_through_yaml_and_edit_and_submit_again(
     alice: Browser, people, admin_api: Client
 ) -> None:

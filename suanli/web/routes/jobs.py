@@ -130,10 +130,11 @@ class _Checked(NamedTuple):
     preview: str  # the form as YAML ("" where it could not be read)
 
 
-def _check(request: Request, values: dict[str, str]) -> _Checked:
+def _check(request: Request, viewer: Viewer, values: dict[str, str]) -> _Checked:
     """The form as a spec, or what is wrong with it: the schema's rules, then whether any node
-    (of the pool asked for) could ever run it, as the submit itself checks. The form (its
-    YAML above all) is read once, here, in the caller's worker thread."""
+    (of the pool asked for) could ever run it and whether the project's quota could ever hold
+    it, as the submit itself checks. The form (its YAML above all) is read once, here, in the
+    caller's worker thread."""
     language = request.state.language
     try:
         document = forms.job_spec(values)
@@ -144,12 +145,18 @@ def _check(request: Request, values: dict[str, str]) -> _Checked:
         spec = JobSpec.model_validate(document)
     except ValidationError as error:
         return _Checked(None, forms.errors_of(error, language), preview)
-    inventory = nodes.inventory(get_database(request))
+    database = get_database(request)
+    inventory = nodes.inventory(database)
     try:
         jobs.check_runnable(spec, inventory)
+        with database.reading() as db:
+            project, _ = projects.access(db, viewer.actor, spec.project)
+            jobs.check_quota(spec, project, inventory)
     except InvalidInput as error:
         field = error.field or "resources"
         return _Checked(spec, {field: translate(error.key, language, **error.params)}, preview)
+    except SuanliError as error:  # a project the viewer may not submit to
+        return _Checked(spec, {"project": translate(error.key, language, **error.params)}, preview)
     return _Checked(spec, {}, preview)
 
 
@@ -158,11 +165,11 @@ async def check_job(request: Request, viewer: ViewerDep) -> Response:
     """As you type: the form's errors and its YAML, swapped into the page by htmx (422 with
     the errors, as a submit would answer)."""
     values = forms.fields(await request.form())
-    return await to_thread.run_sync(_check_page, request, values)
+    return await to_thread.run_sync(_check_page, request, viewer, values)
 
 
-def _check_page(request: Request, values: dict[str, str]) -> Response:
-    _, errors, preview = _check(request, values)
+def _check_page(request: Request, viewer: Viewer, values: dict[str, str]) -> Response:
+    _, errors, preview = _check(request, viewer, values)
     status = 422 if errors else 200
     return render.page(
         request, "job_check.html", status=status, errors=errors, preview=preview, checked=True
@@ -177,7 +184,7 @@ async def submit_job(request: Request, viewer: ViewerDep) -> Response:
 
 def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Response:
     database = get_database(request)
-    spec, errors, preview = _check(request, values)
+    spec, errors, preview = _check(request, viewer, values)
     if spec is not None and not errors:
         unix_users = request.app.state.settings.unix_users
         try:
