@@ -244,21 +244,7 @@ class _Cycle:
                     and other[4] <= compute
                 ):
                     return _REMEMBERED
-        cluster = self.cluster
-        if need.fraction:
-            found = cluster.find_fraction(
-                need.kinds,
-                need.gpu_memory,
-                need.compute,
-                need.cpus,
-                need.memory,
-                need.end,
-                need.identity,
-            )
-        elif need.gpus:
-            found = cluster.find_whole(need.kinds, need.gpus, need.cpus, need.memory, need.end)
-        else:
-            found = cluster.find_cpus(need.cpus, need.memory, need.end)
+        found = self.cluster.find(need)
         if isinstance(found, Miss) and found.reserved_for is None:
             if failed is None:
                 failed = self.failed[key] = []

@@ -658,6 +658,17 @@ class Cluster:
                 return Fit(slot.node, slot.kind, slot)
         return Miss(reserved_for)
 
+    def find(self, need: Need) -> Fit | Miss:
+        """Room for `need`: a shared device for a fraction, whole devices, or CPUs only."""
+        if need.fraction:
+            return self.find_fraction(
+                need.kinds, need.gpu_memory, need.compute, need.cpus, need.memory, need.end,
+                need.identity,
+            )  # fmt: skip
+        if need.gpus:
+            return self.find_whole(need.kinds, need.gpus, need.cpus, need.memory, need.end)
+        return self.find_cpus(need.cpus, need.memory, need.end)
+
     def find_cpus(self, cpus: float, memory: int, end: float) -> Fit | Miss:
         best: tuple[tuple[bool, float, int], NodeState] | None = None
         reserved_for = None

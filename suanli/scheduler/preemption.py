@@ -267,7 +267,7 @@ class Preemptor:
                 else:
                     returned.add(victim.workload, victim.charge)
             # Room somewhere already, once its own quota has room?
-            found = self._find(need)
+            found = self._cluster.find(need)
             if isinstance(found, Fit):
                 return Plan(quota_victims, found.node, found.kind, found.slot, (0,))
 
@@ -337,22 +337,6 @@ class Preemptor:
             if options >= OPTIONS:
                 break
         return best
-
-    def _find(self, need: Need) -> Fit | object:
-        cluster = self._cluster
-        if need.fraction:
-            return cluster.find_fraction(
-                need.kinds,
-                need.gpu_memory,
-                need.compute,
-                need.cpus,
-                need.memory,
-                need.end,
-                need.identity,
-            )
-        if need.gpus:
-            return cluster.find_whole(need.kinds, need.gpus, need.cpus, need.memory, need.end)
-        return cluster.find_cpus(need.cpus, need.memory, need.end)
 
     @staticmethod
     def _could_fit(node: NodeState, need: Need) -> bool:
