@@ -32,7 +32,15 @@ from suanli.scheduler import model as sched
 from suanli.schemas.devenvs import DevEnvSpec
 from suanli.schemas.jobs import STORED, JobSpec
 from suanli.services import devenvs, unixaccounts, workfolders
-from suanli.services.jobs import PRIORITIES, job_dir, log_path, move, note, request_of
+from suanli.services.jobs import (
+    PRIORITIES,
+    job_dir,
+    log_path,
+    move,
+    note,
+    quota_of,
+    request_of,
+)
 from suanli.services.nodes import scheduler_nodes
 
 log = logging.getLogger("suanli.controllers.workloads")
@@ -513,17 +521,7 @@ def _quotas(session: Session) -> dict[str, sched.Quota]:
     projects = session.scalars(
         select(Project).where(Project.archived_at.is_(None)).options(selectinload(Project.quota))
     ).all()
-    return {
-        p.name: sched.Quota(
-            project=p.name,
-            guaranteed_gpus=p.quota.guaranteed_gpus,
-            max_gpus=p.quota.max_gpus,
-            max_gpus_per_user=p.quota.max_gpus_per_user,
-            cpus=p.quota.cpus,
-            memory_bytes=p.quota.memory_bytes,
-        )
-        for p in projects
-    }
+    return {p.name: quota_of(p) for p in projects}
 
 
 def _placement_dict(placement: sched.Placement | None) -> dict[str, Any] | None:

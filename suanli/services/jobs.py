@@ -104,21 +104,25 @@ def check_runnable(spec: "JobSpec | DevEnvSpec", nodes: Sequence[sched.Node]) ->
         raise InvalidInput(f"infeasible.{code}", field="resources", **params)
 
 
-def check_quota(
-    spec: "JobSpec | DevEnvSpec", project: Project, nodes: Sequence[sched.Node]
-) -> None:
-    """Refuse a workload larger than its project's quota lets it hold at once: even with
-    nothing else running it would wait for ever for the project's GPUs (CPUs, memory)."""
+def quota_of(project: Project) -> sched.Quota:
+    """The project's quota (its row loaded) as the scheduler reads it."""
     quota = project.quota
-    ceiling = sched.Quota(
-        project.name,
+    return sched.Quota(
+        project=project.name,
         guaranteed_gpus=quota.guaranteed_gpus,
         max_gpus=quota.max_gpus,
         max_gpus_per_user=quota.max_gpus_per_user,
         cpus=quota.cpus,
         memory_bytes=quota.memory_bytes,
     )
-    problem = check_quota_ceiling(request_of(spec), ceiling, nodes)
+
+
+def check_quota(
+    spec: "JobSpec | DevEnvSpec", project: Project, nodes: Sequence[sched.Node]
+) -> None:
+    """Refuse a workload larger than its project's quota lets it hold at once: even with
+    nothing else running it would wait for ever for the project's GPUs (CPUs, memory)."""
+    problem = check_quota_ceiling(request_of(spec), quota_of(project), nodes)
     if problem is not None:
         code, params = problem
         field = _QUOTA_FIELDS.get(code) or _gpu_field(spec)
