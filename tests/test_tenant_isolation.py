@@ -9,13 +9,14 @@ neither alice, nor pa, nor her jobs; alice and the administrators see them.
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from waiting import wait_for
 
 from suanli.db.engine import Database
 from suanli.db.models import AlertEvent, AlertRule, Job, Membership, Project, User
@@ -30,15 +31,6 @@ GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
-
-
-def wait(check: Callable[[], object], timeout: float = 40) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.3)
-    raise AssertionError("timed out")
 
 
 @dataclass
@@ -100,7 +92,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, launch_server) -> Iterator[W
     def fail(person: Reader, project: str, name: str) -> dict:
         """A job that fails, once its "Job failed" alert has fired."""
         job = submit(person, project, {"name": name, "command": ["false"]})
-        wait(lambda: any(e["labels"].get("job") == str(job["id"]) for e in alerts(admin)))
+        wait_for(lambda: any(e["labels"].get("job") == str(job["id"]) for e in alerts(admin)), 40)
         return job
 
     # bob's own failures come before and after alice's: his history has hers in between.
@@ -109,7 +101,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, launch_server) -> Iterator[W
     fail(bob, pb, "mine-2")
     spec = {"name": "lw-2", "command": ["sleep", "600"], "resources": {"gpus": 1}}
     running = submit(alice, pa, spec)
-    wait(lambda: alice.api.get(f"/api/v1/jobs/{running['id']}").json()["state"] == "running")
+    path = f"/api/v1/jobs/{running['id']}"
+    wait_for(lambda: alice.api.get(path).json()["state"] == "running", 40)
     running = alice.api.get(f"/api/v1/jobs/{running['id']}").json()
     # An administrator silences the failed job's alert (as the console's button does) and
     # watches pa's failures with a rule of its own: both name pa.
@@ -187,7 +180,7 @@ def test_prometheus_metrics_are_for_administrators_and_their_scrape_tokens(world
         assert page.status_code == 200
         return page.text if f'suanli_job_cpu_percent{{job="{job}"' in page.text else ""
 
-    wait(scraped)
+    wait_for(scraped, 40)
     for person in (world.bob, world.alice):
         refused = person.api.get("/metrics")
         assert refused.status_code == 403, refused.text
@@ -243,7 +236,7 @@ def test_alices_job_on_a_gpu_shows_bob_neither_its_series_nor_who_holds_the_gpu(
         assert answer.status_code == 200, answer.text
         return answer.json()["series"]
 
-    wait(series)
+    wait_for(series, 40)
     assert world.bob.api.get("/api/v1/metrics/query", params=params).status_code == 404
     chart = world.bob.console.get("/charts/query", params=params)
     assert chart.status_code == 404 and "lw-2" not in chart.text
