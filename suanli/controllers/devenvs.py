@@ -39,7 +39,7 @@ class DevEnvController:
     def tick(self) -> None:
         with self.database.reading() as session:
             rows = session.execute(
-                select(Job.id, Job.spec, Job.secret, Job.started_at).where(
+                select(Job.id, Job.spec, Job.token, Job.started_at).where(
                     Job.kind == devenvs.KIND, Job.state == State.running, Job.stop_reason == ""
                 )
             ).all()
@@ -48,7 +48,7 @@ class DevEnvController:
             (row.id, timeout)
             for row in rows
             if (timeout := row.spec.get("idle_timeout"))
-            and now - self._last_use(row.id, row.secret, _timestamp(row.started_at, now)) >= timeout
+            and now - self._last_use(row.id, row.token, _timestamp(row.started_at, now)) >= timeout
         ]
         if not idle:
             return

@@ -481,8 +481,8 @@ class WorkloadController:
     ) -> tuple[str, ...]:
         """A dev environment's command: the agent, told by one variable what to start. Its
         token is new at every start; it reports to its own folder."""
-        if fresh or not job.secret:
-            job.secret = secrets.token_urlsafe(32)
+        if fresh or not job.token:
+            job.token = secrets.token_urlsafe(32)
             workfolders.remove(folder, endpoints.ENDPOINTS_FILE)
         prefix = self.settings.devenv_environments.get(spec.environment or "")
         agent_python = self.settings.devenv_agent_python or sys.executable
@@ -491,7 +491,7 @@ class WorkloadController:
             env_id=job.id,
             folder=str(folder),
             tools=tuple(spec.tools),
-            token=job.secret,
+            token=job.token,
             gateway_key=keys.public_line(keys.client_key(self.settings.data_dir)),
             # On a cluster node the server reaches the tools over the network (they ask for
             # the token; code-server is not offered there); here, on loopback only.

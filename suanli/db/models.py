@@ -257,9 +257,56 @@ class GpuDevice(Base):
     node: Mapped[Node] = relationship(back_populates="gpus")
 
 
+class Deployment(Base):
+    """Desired state: `replicas` workloads of kind `kind` made from `template`, kept running
+    by the deployment controller (suanli.controllers.deployments). Its workloads (jobs rows
+    with `deployment_id`) are its replicas; model services are built on it."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_project_name", "project_id", "name", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # the kind of its replicas
+    name: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    user_name: Mapped[str] = mapped_column(String(32))
+    # A replica's spec, as its kind stores it (version `spec_version`).
+    template: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_version: Mapped[int] = mapped_column(Integer, default=1)
+    # What a replica asks of the scheduler, derived once when the template was accepted.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    # active: kept at `replicas`; stopped: no replicas wanted (they are being stopped).
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    # Replicas that ended by themselves in a row; the next is started after a backoff.
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_start_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    project: Mapped[Project] = relationship()
+    workloads: Mapped[list["Job"]] = relationship(
+        back_populates="deployment", passive_deletes=True, order_by="Job.id"
+    )
+
+
+class Lease(Base):
+    """Which server process runs a controller loop, until when. With several processes on one
+    database each loop runs in the one holding its lease (see suanli.controllers.lease)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Job(Base):
-    """A workload: `kind` "job" (runs to completion) or "devenv" (a dev environment: runs until
-    stopped, restarts in place). Services will share the model."""
+    """A workload of any kind (suanli.kinds: a job runs to completion, a dev environment runs
+    until stopped and restarts in place, a replica belongs to a deployment)."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -275,7 +322,15 @@ class Job(Base):
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     user_name: Mapped[str] = mapped_column(String(32))
+    # The spec as its kind stores it (suanli.kinds), in the kind's version `spec_version`.
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec_version: Mapped[int] = mapped_column(Integer, default=1)
+    # What the scheduler needs (suanli.kinds.demand), derived once at submit: the scheduler
+    # never parses a spec. None on rows from before it was kept: derived on first read.
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), default=None, index=True
+    )
     state: Mapped[str] = mapped_column(String(16), default="pending")
     priority: Mapped[str] = mapped_column(String(8), default="normal")
     # GPUs counted against quotas: whole GPUs, or the share of one for a fraction.
@@ -300,11 +355,12 @@ class Job(Base):
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Energy of the job's GPUs (power integrated over its life; a fraction: its share).
     energy_wh: Mapped[float] = mapped_column(Float, default=0.0)
-    # A dev environment's token for its tools, new at every start; only the server's proxy
-    # and culler send it, and no API or page ever shows it.
-    secret: Mapped[str] = mapped_column(String(64), default="")
+    # A token for the workload's own endpoints (a dev environment's tools), new at every
+    # start; only the server sends it, and no API or page ever shows it.
+    token: Mapped[str] = mapped_column(String(64), default="")
 
     project: Mapped[Project] = relationship()
+    deployment: Mapped[Deployment | None] = relationship(back_populates="workloads")
     events: Mapped[list["JobEvent"]] = relationship(
         back_populates="job",
         cascade="all, delete-orphan",

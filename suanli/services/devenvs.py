@@ -135,7 +135,7 @@ def restart(session: Session, actor: Actor, env_id: int) -> Job:
     if not State(job.state).terminal:
         raise Conflict("error.devenv_not_stopped", name=job.name, state=job.state)
     job.spec = _relimited(dict(job.spec), job.project)
-    job.handle, job.placement, job.secret = None, None, ""
+    job.handle, job.placement, job.token = None, None, ""
     job.stop_reason, job.stop_sent_at = "", None
     job.exit_reason, job.exit_code, job.exit_signal, job.exit_detail = "", None, None, ""
     job.started_at, job.finished_at = None, None
@@ -202,7 +202,7 @@ def _entry(job: Job, tool: str, settings: Settings) -> Entry:
     where = endpoints.read(folder(settings, job.id))
     if where is None or tool not in where.ports:
         raise Unavailable("error.devenv_starting", name=job.name)
-    return Entry(env_id=job.id, name=job.name, token=job.secret, endpoints=where)
+    return Entry(env_id=job.id, name=job.name, token=job.token, endpoints=where)
 
 
 def ssh_entry(session: Session, user: User, login: str, settings: Settings) -> Entry | None:
