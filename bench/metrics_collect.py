@@ -36,11 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The fake NVML is a test helper (tests/fakenvml.py), not part of the package.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
 
 import psutil
+from fakenvml import FakeGpu, FakeMig, FakeNvml
 
 from suanli.gpu.model import Gpu, MigInstance
-from suanli.gpu.testing import FakeGpu, FakeMig, FakeNvml
 from suanli.monitoring.gpu import OVERRIDES_FILE, GpuSampler
 from suanli.monitoring.node import NodeSampler
 

@@ -1,4 +1,4 @@
-"""The workload state machine shared by every kind (DESIGN.md):
+"""The workload state machine shared by every kind (docs/architecture.md):
 
     pending → admitted → starting → running → succeeded | failed | cancelled
 
@@ -32,19 +32,6 @@ class State(StrEnum):
 
 TERMINAL = frozenset({State.succeeded, State.failed, State.cancelled})
 ACTIVE = frozenset({State.admitted, State.starting, State.running})
-
-_NEXT: dict[State, frozenset[State]] = {
-    State.pending: frozenset({State.admitted, State.cancelled, State.failed}),
-    State.admitted: frozenset({State.starting, State.pending, State.cancelled, State.failed}),
-    State.starting: frozenset(
-        {State.running, State.pending, State.succeeded, State.failed, State.cancelled}
-    ),
-    State.running: frozenset({State.succeeded, State.failed, State.cancelled, State.pending}),
-}
-
-
-def can_move(current: State, target: State) -> bool:
-    return target in _NEXT.get(current, frozenset())
 
 
 def gpu_state(*, present: bool, schedulable: bool, shared: bool, in_use: bool) -> str:

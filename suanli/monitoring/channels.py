@@ -66,7 +66,6 @@ from suanli.monitoring.model import METRICS
 
 Kind = Literal["webhook", "wecom", "dingtalk", "feishu", "email"]
 KINDS: tuple[str, ...] = ("webhook", "wecom", "dingtalk", "feishu", "email")
-HTTP_KINDS: tuple[str, ...] = ("webhook", "wecom", "dingtalk", "feishu")
 PAYLOAD_VERSION = "1"
 MAX_NAME_LENGTH = 128
 MAX_URL_LENGTH = 2048

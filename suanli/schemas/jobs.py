@@ -80,7 +80,7 @@ Duration = Annotated[
 Priority = Literal["high", "normal", "low"]
 DEFAULT_MEMORY = 4 * 2**30
 
-# Rules a workload meets at submit (README, "Jobs on shared GPUs": checked at submit). A
+# Rules a workload meets at submit (docs/user-guide.md: checked at submit). A
 # spec kept from before a rule existed must still load for the scheduler: validated with
 # `context=STORED`, these rules are skipped.
 STORED = {"stored": True}
@@ -276,8 +276,6 @@ class JobSpec(RequestModel):
 
 
 class JobListQuery(RequestModel):
-    # Workload kinds share one table; this lists jobs (dev environments: /devenvs).
-    kind: Literal["job"] = "job"
     project: Name | None = None
     user: Name | None = None
     state: (

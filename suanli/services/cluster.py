@@ -70,10 +70,6 @@ class Tally:
         if state.startswith("shared"):
             self.shared += 1
 
-    @property
-    def in_use_percent(self) -> float:
-        return 100.0 * self.in_use / self.total if self.total else 0.0
-
 
 @dataclass
 class Capacity:

@@ -1,1 +1,3 @@
-"""What the server shows a browser: static files (vendored, no CDN) and, later, the console."""
+"""What the server shows a browser: the web console (server-rendered pages on the same
+services as the API), the API documentation at /docs, the authenticated proxy to dev
+environments' tools, and the static files they use (vendored, no CDN)."""

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fakenvml import FakeGpu, FakeNvml
 from localjobs import PY, Jobs, make_backend
 
 from suanli.backends.local.mps import MpsDaemons, device_environment, mps_paths
-from suanli.gpu.testing import FakeGpu, FakeNvml
 from suanli.scheduler.model import DeviceShare, Placement
 
 PRINT_ENV = [PY, "-c", "import json, os; print(json.dumps(dict(os.environ)))"]

@@ -4,10 +4,10 @@ fractional job that exceeds its share (NVML test double; real job processes)."""
 import os
 from pathlib import Path
 
+from fakenvml import FakeGpu, FakeNvml
 from localjobs import Jobs, make_backend
 
 from suanli.backends.local.watchdog import DETAIL, ProcessSample, Share, offenders, sample
-from suanli.gpu.testing import FakeGpu, FakeNvml
 from suanli.scheduler.model import DeviceShare, Placement
 
 MiB, GiB = 2**20, 2**30

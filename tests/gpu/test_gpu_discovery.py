@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+from fakenvml import FakeGpu, FakeMig, FakeNvml
 
 from suanli.config import Settings
 from suanli.gpu import discovery, nvml
@@ -25,7 +26,6 @@ from suanli.gpu.nvml import (
     mig_profile_from,
     normalise_bus_id,
 )
-from suanli.gpu.testing import FakeGpu, FakeMig, FakeNvml
 
 GiB = 2**30
 

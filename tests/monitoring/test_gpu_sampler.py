@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakenvml import FakeGpu, FakeMig, FakeNvml
 
 from suanli.gpu.model import Gpu, MigInstance
 from suanli.gpu.nvml import NvmlError, PynvmlAdapter, RemappedRows
-from suanli.gpu.testing import FakeGpu, FakeMig, FakeNvml
 from suanli.monitoring.gpu import OVERRIDES_FILE, GpuSampler, job_of
 from suanli.monitoring.model import METRICS, Sample
 

@@ -1,5 +1,5 @@
-"""An in-memory `Nvml` for tests and demos: a host with the GPUs, MIG devices, NVLinks, PCIe
-topology and GPU processes you describe. Nothing here touches a driver.
+"""An in-memory `Nvml` for the tests and bench/metrics_collect.py: a host with the GPUs, MIG
+devices, NVLinks, PCIe topology and GPU processes you describe. Nothing here touches a driver.
 
     nvml = FakeNvml(
         [FakeGpu("GPU-0", bus_id="0000:17:00.0"), FakeGpu("GPU-1", bus_id="0000:18:00.0")],
