@@ -1,11 +1,11 @@
 """The scheduler: pure and deterministic. From a Snapshot it returns Decisions.
 
 No database, no clock, no processes: that is what makes it testable, benchmarkable and
-replayable against traces (see DESIGN.md). Admission (quotas, fairness, priorities) is kept
-apart from placement (which node, which GPUs), so an engine that places work itself (Slurm)
-can use admission alone.
+replayable against traces (see docs/architecture.md). Admission (quotas, fairness,
+priorities) is kept apart from placement (which node, which GPUs), so an engine that places
+work itself (Slurm) can use admission alone.
 
-- `schedule(snapshot, place=True)`: one cycle (cycle.py);
+- `schedule(snapshot, places_work=False)`: one cycle (cycle.py);
 - `check_feasible(request, nodes)`: refuse at submit what can never run (feasibility.py);
 - `decayed_usage(...)`: age per-project usage between cycles, for fair share (fairshare.py);
 - reason codes: reasons.py; each has a `reason.<code>` message in suanli/i18n.

@@ -3,7 +3,7 @@
 The pending workloads are taken in fair-share order (fairshare.FairQueue). For each:
 1. quota (quota.Ledger): the first limit it would break, if any;
 2. placement (placement.Cluster): best fit on one node, or on the whole cluster as one
-   virtual node when `place=False`; backfill reservations made earlier in the cycle are
+   virtual node when `places_work=True`; backfill reservations made earlier in the cycle are
    respected (backfill.py); a fraction only on a shared GPU that no other Unix identity
    holds (one MPS user per GPU, see placement.py);
 3. if it is blocked and entitled, a preemption plan (preemption.py);
@@ -55,11 +55,11 @@ from suanli.scheduler.reasons import (
 _MEMO_SIZE = 32
 
 
-def schedule(snapshot: Snapshot, *, place: bool = True) -> Decisions:
+def schedule(snapshot: Snapshot, *, places_work: bool = False) -> Decisions:
     """One full scheduling cycle. Pure and deterministic: the same snapshot gives the same
     decisions (no clock, no I/O, no randomness; ties are broken by ids and names).
 
-    With `place=False` (an engine such as Slurm places the work) workloads are admitted on
+    With `places_work=True` (an engine such as Slurm places the work) workloads are admitted on
     quotas and the cluster's total capacity only, and admissions carry no placement.
 
     The garbage collector is paused during the cycle (and restored as it was): a cycle
@@ -69,7 +69,7 @@ def schedule(snapshot: Snapshot, *, place: bool = True) -> Decisions:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _Cycle(snapshot, place).run()
+        return _Cycle(snapshot, places_work).run()
     finally:
         if collecting:
             gc.enable()
@@ -78,12 +78,12 @@ def schedule(snapshot: Snapshot, *, place: bool = True) -> Decisions:
 class _Cycle:
     """The state of one cycle: free capacity, quota usage, what was decided so far."""
 
-    def __init__(self, snapshot: Snapshot, place: bool) -> None:
+    def __init__(self, snapshot: Snapshot, places_work: bool) -> None:
         self.snapshot = snapshot
-        self.place = place
+        self.place = not places_work  # we choose nodes and devices
         self.now = snapshot.now
         self.cluster = cluster = Cluster(
-            snapshot.nodes, snapshot.running, now=snapshot.now, aggregate=not place
+            snapshot.nodes, snapshot.running, now=snapshot.now, places_work=places_work
         )
         self.capacity = cluster.capacity
         self.smallest_shared = min(cluster.shared_memory.values(), default=None)
@@ -178,7 +178,7 @@ class _Cycle:
                 workload.identity,
             )
             # Placed here: its share of the device it lands on. Left to an engine
-            # (`place=False`), the device found on the virtual node binds nobody: the engine
+            # (`places_work`), the device found on the virtual node binds nobody: the engine
             # may put it on any shared device of these kinds, so it counts as its share of
             # the smallest (the estimate errs on the high side, see devices.gpu_charge).
             if self.place:
@@ -275,7 +275,7 @@ class _Cycle:
         else:
             cluster.take_cpus(fit.node, need.cpus, need.memory, need.end)
         placement = Placement(fit.node.name, devices) if self.place else None
-        self.admit.append(Admission(workload.id, placement))
+        self.admit.append(Admission(workload.id, placement, charge))
         self.ledger.add(workload, charge)
 
     def wait(self, workload: Workload, code: str, params: dict[str, Any]) -> None:

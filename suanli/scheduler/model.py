@@ -127,6 +127,9 @@ class Snapshot:
 class Admission:
     workload: int
     placement: Placement | None  # None when placement is left to the backend's engine
+    # The GPUs it counts against its quotas (devices.gpu_charge), as this cycle counted them:
+    # kept on the workload, never computed again. How much, not what: left out of comparisons.
+    charge: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ Placement rules, and why:
 - CPU-only work prefers nodes without free GPUs, then the one with the fewest free CPUs.
 - Drained (unschedulable) nodes and devices take nothing new.
 
-With `aggregate=True` (an engine such as Slurm places the work) the whole cluster is one
+With `places_work=True` (an engine such as Slurm places the work) the whole cluster is one
 virtual node: admission then checks total capacity only.
 """
 
@@ -321,10 +321,10 @@ class Cluster:
     first set small."""
 
     def __init__(
-        self, nodes: Sequence[Node], running: Sequence[Workload], *, now: float, aggregate: bool
+        self, nodes: Sequence[Node], running: Sequence[Workload], *, now: float, places_work: bool
     ) -> None:
         self.now = now
-        self.aggregate = aggregate
+        self.places_work = places_work
         self.version = 0
         self._sequence = 0
         self.states: list[NodeState] = []
@@ -352,7 +352,7 @@ class Cluster:
         memory_of, usable, slot_of = self.memory_of, self.usable, self.slot_of
         exclusive, total, shared_memory = self.exclusive, self.exclusive_total, self.shared_memory
         virtual = None
-        if self.aggregate:
+        if self.places_work:
             virtual = NodeState("", 0, 0.0, 0)
             self.states.append(virtual)
         devices: list[tuple[NodeState, Device, Kind]] = []  # schedulable exclusive devices

@@ -16,7 +16,7 @@ def test_place_false_admits_on_quota_and_total_capacity_without_placement() -> N
     nodes = [gpu_node("a", gpus=4), gpu_node("b", gpus=4)]
     run = [running(job(100, "x", gpus=5), "a", ["a-g0", "a-g1", "a-g2", "a-g3", "b-g0"])]
     pending = [job(1, "p", gpus=3), job(2, "q"), job(3, "r", gpus=2)]
-    decisions = schedule(snapshot(nodes, pending, run, [Quota("r", max_gpus=1)]), place=False)
+    decisions = schedule(snapshot(nodes, pending, run, [Quota("r", max_gpus=1)]), places_work=True)
     assert admitted(decisions) == {1: None}
     assert decisions.pending[2].code == "capacity_gpus"
     assert decisions.pending[3].code == "quota_max_gpus"
@@ -27,7 +27,7 @@ def test_place_false_counts_running_work_without_placement() -> None:
 
     engine_placed = Workload(100, "x", "u", Request(gpus=7), started_at=0.0)
     pending = [job(1, "p"), job(2, "p")]
-    decisions = schedule(snapshot([gpu_node()], pending, [engine_placed]), place=False)
+    decisions = schedule(snapshot([gpu_node()], pending, [engine_placed]), places_work=True)
     assert admitted(decisions) == {1: None}
     assert decisions.pending[2].code == "capacity_gpus"
 

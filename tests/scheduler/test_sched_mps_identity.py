@@ -127,10 +127,10 @@ def test_whole_gpus_ignore_identities() -> None:
 
 
 def test_admission_without_placement_applies_the_rule_too() -> None:
-    # An engine places the work (`place=False`): the one shared GPU is still alice's.
+    # An engine places the work (`places_work=True`): the one shared GPU is still alice's.
     decisions = schedule(
         snapshot(one_shared_gpu(), [job(1, fraction_gib=20, identity="bob")], [alice_on_g0()]),
-        place=False,
+        places_work=True,
     )
     assert decisions.pending[1].code == OTHER_USER
 

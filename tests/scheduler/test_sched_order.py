@@ -138,6 +138,6 @@ def test_backfill_without_placement_keeps_the_clusters_capacity_for_the_head() -
         job(2, "small", max_duration=50),
         job(3, "small", max_duration=500),
     ]
-    decisions = schedule(snapshot(nodes, pending, run, now=10.0), place=False)
+    decisions = schedule(snapshot(nodes, pending, run, now=10.0), places_work=True)
     assert admitted(decisions) == {2: None}
     assert decisions.pending[3].code == "backfill_reserved"

@@ -158,5 +158,5 @@ def test_multi_node_requests_wait_for_an_engine_that_places_them() -> None:
     workload = Workload(1, "p", "u", Request(gpus=8, nodes=2))
     decisions = schedule(snapshot([gpu_node("a"), gpu_node("b")], [workload]))
     assert decisions.pending[1].code == "multi_node"
-    decisions = schedule(snapshot([gpu_node("a"), gpu_node("b")], [workload]), place=False)
+    decisions = schedule(snapshot([gpu_node("a"), gpu_node("b")], [workload]), places_work=True)
     assert admitted(decisions) == {1: None}

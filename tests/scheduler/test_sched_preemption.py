@@ -179,6 +179,6 @@ def test_a_fraction_preempts_a_lower_priority_fraction_on_a_shared_gpu() -> None
 def test_preemption_without_placement_counts_the_whole_cluster() -> None:
     quotas = [Quota("a", guaranteed_gpus=2), Quota("b", guaranteed_gpus=2)]
     decisions = schedule(
-        snapshot(four_gpu_node(), [job(1, "a")], borrowed_by_b(), quotas), place=False
+        snapshot(four_gpu_node(), [job(1, "a")], borrowed_by_b(), quotas), places_work=True
     )
     assert [p.victim for p in decisions.preempt] == [103]

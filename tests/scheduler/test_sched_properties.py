@@ -150,8 +150,8 @@ def charge(workload: Workload, memory_of: dict[str, int], smallest: int | None) 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snapshots(), st.booleans())
 def test_cycle_invariants(snapshot: Snapshot, place: bool) -> None:
-    decisions = schedule(snapshot, place=place)
-    assert schedule(snapshot, place=place) == decisions  # deterministic
+    decisions = schedule(snapshot, places_work=not place)
+    assert schedule(snapshot, places_work=not place) == decisions  # deterministic
 
     pending = {w.id: w for w in snapshot.pending}
     running = {w.id: w for w in snapshot.running}

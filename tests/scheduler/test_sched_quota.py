@@ -90,13 +90,13 @@ def _big_and_small_shared() -> list:
 
 
 def test_unplaced_fraction_counts_as_its_share_of_the_smallest_shared_device() -> None:
-    # Regression (hypothesis, place=False): admission charged the 80 GiB device the virtual
+    # Regression (hypothesis, places_work=True): admission charged the 80 GiB device the virtual
     # node found (30/80 each), but the engine may put each on the 40 GiB one (30/40 each):
     # 1.5 GPUs for a user capped at 1. Unplaced, a fraction counts against the smallest.
     pending = [job(1, user="ann", fraction_gib=30), job(2, user="ann", fraction_gib=30)]
     for quota in (Quota("p", max_gpus_per_user=1), Quota("p", max_gpus=1)):
         decisions = schedule(
-            snapshot(_big_and_small_shared(), pending, quotas=[quota]), place=False
+            snapshot(_big_and_small_shared(), pending, quotas=[quota]), places_work=True
         )
         assert admitted(decisions) == {1: None}
         reason = decisions.pending[2]
