@@ -2,7 +2,7 @@
 
 Handles are plain JSON-serialisable dicts: the controller stores them in the database before
 and after each side effect, so a restarted server can hand them back to the backend and
-re-adopt what still runs (see DESIGN.md, controllers).
+re-adopt what still runs (see docs/architecture.md).
 """
 
 from collections.abc import Mapping
@@ -25,6 +25,30 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, asked by the controller and the kinds instead of its name."""
+
+    # The backend's engine places work on nodes and GPUs and queues it itself (Slurm):
+    # Suanli then admits on quotas and total capacity only, and a launched workload is
+    # running only once poll() says it left the engine's queue.
+    places_work: bool = False
+    # A workload's ports are reached on its node over the network (Slurm), not on this
+    # host's loopback (local): a workload serving ports must then listen on the node's
+    # address and ask for its token.
+    remote: bool = False
+    # Paths can be mounted read-only into a workload (LaunchSpec.mounts).
+    mounts: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A path of the host (`source`) seen read-only by the workload at `target`."""
+
+    source: Path
+    target: Path
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     job_id: int
     argv: tuple[str, ...]  # run as an argument vector, never through a shell of user strings
@@ -38,7 +62,11 @@ class LaunchSpec:
     max_duration: float | None = None  # seconds; the backend ends the job as "timeout"
     name: str = ""
     user: str = ""  # the Suanli user it runs for
-    # What an engine that places work itself needs (see Backend.places_work); a backend that
+    # Names of the ports the workload serves (a dev environment's tools, a service's API).
+    ports: tuple[str, ...] = ()
+    # Read-only mounts; only for a backend whose capabilities say `mounts`.
+    mounts: tuple[Mount, ...] = ()
+    # What an engine that places work itself needs (Capabilities.places_work); a backend that
     # was given a placement uses that. GPUs, CPUs and memory are per node.
     nodes: int = 1
     gpus: int = 0
@@ -82,10 +110,7 @@ class Status:
 
 class Backend(Protocol):
     name: str
-    # True when the backend's engine places work on nodes and GPUs and queues it itself
-    # (Slurm): Suanli then admits on quotas and total capacity only, and a launched workload
-    # is running only once poll() says it left the engine's queue.
-    places_work: bool
+    capabilities: Capabilities
 
     def inventory(self) -> tuple[Host, ...]:
         """The hosts (nodes) and devices this backend can run on."""
@@ -113,6 +138,11 @@ class Backend(Protocol):
         """Node and GPU samples of every host, now, and the CPU and memory of the running
         `jobs` (see suanli.monitoring.model). `busy` maps a GPU's UUID to the share of it
         that jobs hold: simulated devices report from it."""
+        ...
+
+    def address(self, node: str) -> str:
+        """Where the server reaches the ports of a workload that runs on `node` (its
+        placement's node): loopback for local processes, the node for an engine's."""
         ...
 
     def warnings(self, handle: Handle) -> tuple[str, ...]:

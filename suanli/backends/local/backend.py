@@ -23,6 +23,11 @@ account that does not exist, root, or the server's own user is refused with a fa
 too (see the identity rule in `suanli.backends.local.mps`). The wrapper itself gets only an
 allow-listed environment: nothing of the server's (its secrets included) reaches a job, not
 even through `/proc/<wrapper>/environ`.
+
+Read-only mounts (`spec.mounts`) need root as well: the job's process binds them in a mount
+namespace of its own, which the host never sees (see `suanli.backends.local.mounts`). A
+server that does not run as root says so in its capabilities and refuses a job with mounts
+(exit code 125) rather than run it without them.
 """
 
 import contextlib
@@ -43,7 +48,7 @@ from typing import Any
 import suanli
 from suanli import faults
 from suanli.backends import launchers
-from suanli.backends.base import ExitStatus, Handle, LaunchSpec, Status
+from suanli.backends.base import Capabilities, ExitStatus, Handle, LaunchSpec, Status
 from suanli.backends.local import cgroups, state
 from suanli.backends.local.jobstats import JobStats
 from suanli.backends.local.mps import MpsDaemons, device_environment
@@ -80,7 +85,7 @@ class LocalBackend:
     """
 
     name = "local"
-    places_work = False
+    capabilities: Capabilities
 
     def __init__(
         self,
@@ -96,6 +101,8 @@ class LocalBackend:
         python: str = sys.executable,
     ) -> None:
         self.settings = settings
+        # Binding a path into a job's own mount namespace takes root (CAP_SYS_ADMIN).
+        self.capabilities = Capabilities(mounts=os.geteuid() == 0)
         self.work_dir = Path(settings.effective_work_dir)
         self.mps = mps or MpsDaemons(self.work_dir)
         self.cgroup_parent = cgroup_parent
@@ -158,6 +165,7 @@ class LocalBackend:
                     **device_environment(spec.job_id, spec.placement, self.work_dir),
                 }
                 plan["run_as"] = self._identity(spec)
+                self._check_mounts(spec)
             except (Refused, ValueError) as error:
                 return self._refuse(state_dir, plan, str(error))
             job_cgroups = cgroups.JobCgroups(
@@ -225,6 +233,8 @@ class LocalBackend:
                 "node": spec.placement.node,
                 "devices": [asdict(share) for share in spec.placement.devices],
             },
+            # As given: the wrapper refuses a relative path rather than guess what it meant.
+            "mounts": [{"source": str(m.source), "target": str(m.target)} for m in spec.mounts],
             "mps": [],
             "warnings": [],
         }
@@ -263,6 +273,11 @@ class LocalBackend:
         if entry.pw_uid == 0:
             raise Refused(f"refusing to run the job as {spec.run_as!r}: jobs never run as root")
         return spec.run_as
+
+    def _check_mounts(self, spec: LaunchSpec) -> None:
+        """A job that asked for mounts never runs without them."""
+        if spec.mounts and not self.capabilities.mounts:
+            raise Refused("this server cannot mount paths into jobs: it does not run as root")
 
     def _refuse(self, state_dir: Path, plan: dict[str, Any], detail: str) -> Handle:
         state.write_json(state_dir / state.JOB, plan)
@@ -382,6 +397,10 @@ class LocalBackend:
                 os.kill(pid, signal.SIGTERM)
 
     # -- warnings ------------------------------------------------------------------------
+    def address(self, node: str) -> str:
+        """Every workload runs on this host: reached on loopback."""
+        return "127.0.0.1"
+
     def warnings(self, handle: Handle) -> tuple[str, ...]:
         state_dir = Path(handle["state_dir"])
         found = state.read_json(state_dir / state.WARNINGS)

@@ -7,8 +7,9 @@ It reads the plan the backend wrote (`job.json`), then:
    applied is in the plan's warnings, said in plain words; the job runs anyway);
 2. forks the job's process, which makes itself a process group leader and waits until the
    wrapper has moved it into the cgroups; only then does it redirect its output to the log
-   (appending), switch to the job's Unix user, enter the working directory and exec the
-   command: nothing the job ever starts is outside the cgroups;
+   (appending), make the plan's read-only mounts in a mount namespace of its own (as root,
+   see `suanli.backends.local.mounts`), switch to the job's Unix user, enter the working
+   directory and exec the command: nothing the job ever starts is outside the cgroups;
 3. waits for the job (a pidfd, no polling), ending it at its maximum duration (SIGTERM to its
    process group, a grace period, SIGKILL; reason `timeout`), and on SIGTERM from the
    backend ends it the same way with the reason and grace read from `stop.json`;
@@ -17,8 +18,8 @@ It reads the plan the backend wrote (`job.json`), then:
    removes the cgroups.
 
 Exit codes for a job that could not start: 125 (the wrapper could not set it up: unknown user,
-working directory, ...), 126 (the command cannot be executed), 127 (command not found); the
-status's `detail` says which, and so does a line in the job's log.
+working directory, a mount, ...), 126 (the command cannot be executed), 127 (command not
+found); the status's `detail` says which, and so does a line in the job's log.
 """
 
 import contextlib
@@ -34,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from suanli.backends.local import state
+from suanli.backends.local import mounts, state
 from suanli.backends.local.cgroups import Hierarchies, JobCgroups
 
 DEFAULT_GRACE = 10.0
@@ -120,6 +121,11 @@ class Wrapper:
             )
         return user, os.getgrouplist(user.pw_name, user.pw_gid)
 
+    def _check_mounts(self) -> None:
+        """Mounts need root: said before the job's process exists, not as a bare EPERM."""
+        if self.plan.get("mounts") and os.geteuid() != 0:
+            raise SetupError("cannot mount paths into the job: the server does not run as root")
+
     def _environment(self, user: pwd.struct_passwd | None) -> dict[str, str]:
         env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -161,6 +167,8 @@ class Wrapper:
             os.dup2(devnull, 0)
             os.dup2(self.log_fd, 1)
             os.dup2(self.log_fd, 2)
+            stage = "mount"
+            mounts.apply(self.plan.get("mounts") or [])
             if groups is not None and user is not None:
                 stage = "user"
                 os.setgroups(groups)
@@ -181,6 +189,10 @@ class Wrapper:
             with contextlib.suppress(OSError):
                 os.write(err_w, message.encode())
             os._exit(code)
+        except mounts.MountError as error:
+            with contextlib.suppress(OSError):
+                os.write(err_w, json.dumps({"stage": stage, "error": str(error)}).encode())
+            os._exit(125)
         except BaseException:
             os._exit(125)
 
@@ -192,6 +204,8 @@ class Wrapper:
             return f"cannot execute {argv0!r}: {why}"
         if stage == "workdir":
             return f"cannot enter the working directory {self.plan['workdir']}: {why}"
+        if stage == "mount":  # a whole sentence already
+            return why
         if stage == "user":
             return f"cannot switch to the Unix user {self.plan.get('run_as')!r}: {why}"
         return f"the job could not be prepared: {why}"
@@ -223,6 +237,7 @@ class Wrapper:
             return self._finish({"reason": reason, "detail": detail or "stopped before it started"})
         try:
             user, groups = self._identity()
+            self._check_mounts()
         except SetupError as error:
             return self._refuse(error)
         if groups is not None and user is not None:  # the job's user may read its own log

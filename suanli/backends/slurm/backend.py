@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from suanli.backends.base import Handle, LaunchSpec, Status
+from suanli.backends.base import Capabilities, Handle, LaunchSpec, Status
 from suanli.backends.slurm.client import (
     CommandClient,
     RestClient,
@@ -60,7 +60,7 @@ def slurm_environment(slurm: SlurmSettings) -> dict[str, str]:
 
 class SlurmBackend:
     name = "slurm"
-    places_work = True
+    capabilities = Capabilities(places_work=True, remote=True)
 
     def __init__(
         self,
@@ -111,6 +111,11 @@ class SlurmBackend:
                 f"jobs on Slurm never run as root: map Suanli user '{spec.user}' to a Unix "
                 "user (setting unix_users)"
             )
+        if spec.mounts:  # capabilities.mounts is False: the controller should not ask
+            raise SlurmError(
+                "read-only mounts (datasets, models) are not available on Slurm: the job was "
+                "not submitted"
+            )
         _prepare_log(Path(spec.log_path), user)
         script = batch_script(spec, slurm_conf=self.slurm.conf or None)
         job = job_description(spec, partition=self.slurm.partition or None)
@@ -152,6 +157,10 @@ class SlurmBackend:
         timer = threading.Timer(grace_seconds, self._cancel, (job_id,))
         timer.daemon = True
         timer.start()
+
+    def address(self, node: str) -> str:
+        """The node's own name: Slurm's node names are its hosts' names."""
+        return node
 
     def warnings(self, handle: Handle) -> tuple[str, ...]:
         return ()
