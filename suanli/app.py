@@ -17,6 +17,7 @@ from suanli.api.routes import (
     alerts,
     audit,
     auth,
+    deployments,
     devenvs,
     health,
     jobs,
@@ -26,11 +27,13 @@ from suanli.api.routes import (
     projects,
     users,
 )
-from suanli.backends.base import Backend
+from suanli.application import Workloads
+from suanli.backends.base import Backend, Capabilities
 from suanli.config import Settings
-from suanli.controllers.devenvs import DevEnvController
+from suanli.controllers.deployments import DeploymentController
 from suanli.controllers.inventory import InventoryController
-from suanli.controllers.loop import Loop
+from suanli.controllers.lease import Leases
+from suanli.controllers.loop import Loop, Ticking
 from suanli.controllers.metrics import MetricsController
 from suanli.controllers.notifier import NotifierController
 from suanli.controllers.workloads import WorkloadController
@@ -38,6 +41,7 @@ from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.gateway import Gateway
 from suanli.i18n import translate
+from suanli.kinds.registry import KINDS
 from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
 from suanli.services import accounts, isolation
 from suanli.web import console, docs, proxy
@@ -47,34 +51,49 @@ log = logging.getLogger("suanli")
 
 
 class Runtime:
-    """The backend and the controller loops of a serving process."""
+    """The backend and the controller loops of a serving process. Every loop holds a lease in
+    the database (suanli.controllers.lease): with several servers on one database each loop
+    runs in one of them at a time."""
 
     def __init__(self, settings: Settings, database: Database, backend: Backend):
         self.platform = PlatformMetrics()
-        # Dev environments on an engine's nodes are reached over the network (see agent).
-        self.on_engine = backend.places_work
+        self.capabilities = backend.capabilities
         self.inventory = InventoryController(database, backend, settings.inventory_interval_seconds)
         self.metrics = MetricsController(settings, database, backend)
-        workloads = WorkloadController(settings, database, backend, self.platform.scheduler_cycle)
-        self.loops = [
-            Loop(self.inventory),
-            Loop(workloads),
-            Loop(self.metrics),
-            Loop(NotifierController(settings, database)),
-            Loop(DevEnvController(settings, database, self.wake)),
+        leases = Leases(database)
+        controllers: list[Ticking] = [
+            self.inventory,
+            WorkloadController(settings, database, backend, self.platform.scheduler_cycle),
+            self.metrics,
+            NotifierController(settings, database),
+            DeploymentController(database, self.wake),
+            *(
+                controller
+                for kind in KINDS.values()
+                for controller in kind.controllers(settings, database, self.wake)
+            ),
         ]
+        self.loops = {controller.name: Loop(controller, leases) for controller in controllers}
+        if len(self.loops) != len(controllers):  # a loop's name is also its lease's
+            raise ValueError("two controller loops share a name")
 
     def start(self) -> None:
-        self.inventory.tick()  # know the nodes before the first submit is checked against them
-        for loop in self.loops:
+        # Know the nodes before the first submit is checked against them. Only the holder of
+        # the inventory's lease writes them: two servers that both find a new node would both
+        # insert its row, and one of them would fail to start.
+        if self.loops[self.inventory.name].holds():
+            self.inventory.tick()
+        for loop in self.loops.values():
             loop.start()
 
-    def wake(self) -> None:
-        """A submit or cancel: the scheduler looks at once."""
-        self.loops[1].wake()
+    def wake(self, name: str = WorkloadController.name) -> None:
+        """A change for the loop `name` (a submit or cancel: the scheduler): it looks at
+        once, if it runs in this process; the one that holds its lease sees the change on its
+        next tick."""
+        self.loops[name].wake()
 
     def stop(self) -> None:
-        for loop in self.loops:
+        for loop in self.loops.values():
             loop.stop()
 
 
@@ -117,12 +136,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.wake = runtime.wake if runtime is not None else lambda: None
+    capabilities = runtime.capabilities if runtime is not None else Capabilities()
+    wake = runtime.wake if runtime is not None else lambda name: None
+    app.state.workloads = Workloads(settings, database, capabilities, wake)
     app.state.runtime = runtime
     app.state.platform = runtime.platform if runtime is not None else PlatformMetrics()
     # The SSH gateway's port once it listens (None: no gateway, as in API-only tests).
     app.state.ssh_port = None
-    app.state.on_engine = runtime.on_engine if runtime is not None else False
     # What does not isolate workloads here: a banner on every page administrators see.
     app.state.isolation = isolation.assess(settings)
     app.add_middleware(RequestTiming)
@@ -130,7 +150,19 @@ def create_app(
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
-    for module in (auth, me, users, projects, audit, jobs, devenvs, nodes, metrics, alerts):
+    for module in (
+        auth,
+        me,
+        users,
+        projects,
+        audit,
+        jobs,
+        devenvs,
+        deployments,
+        nodes,
+        metrics,
+        alerts,
+    ):
         api.include_router(module.router)
     api.include_router(health.router)
     app.include_router(api)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from suanli.application import Workloads
 from suanli.config import Settings
 from suanli.core.errors import Unauthenticated
 from suanli.db.engine import Database
@@ -23,6 +24,10 @@ def get_database(request: Request) -> Database:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_workloads(request: Request) -> Workloads:
+    return request.app.state.workloads
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -85,3 +90,4 @@ SessionDep = Annotated[Session, Depends(get_session)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WorkloadsDep = Annotated[Workloads, Depends(get_workloads)]

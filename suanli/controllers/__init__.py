@@ -1,4 +1,4 @@
-"""Background loops that make the world match the rows (DESIGN.md, controllers).
+"""Background loops that make the world match the rows (docs/architecture.md).
 
 Each is a small class with an idempotent `tick()`, run in a thread, woken at once by an event
 (a submit wakes the scheduler) and also on a timer. Every transition is written to the

@@ -8,11 +8,8 @@ a second time.
 """
 
 import logging
-import secrets
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -24,23 +21,15 @@ from suanli.config import Settings
 from suanli.core.states import ACTIVE, TERMINAL, State
 from suanli.db.engine import Database
 from suanli.db.models import Job, Project, utcnow
-from suanli.devenvs import endpoints, keys
-from suanli.devenvs.endpoints import AgentConfig
+from suanli.kinds import demand
+from suanli.kinds.base import Start, Unreadable, Unsupported
+from suanli.kinds.demand import Demand
+from suanli.kinds.registry import KINDS, kind_of
 from suanli.monitoring.prometheus import Histogram
-from suanli.scheduler import decayed_usage, gpu_charge, schedule
+from suanli.scheduler import decayed_usage, schedule
 from suanli.scheduler import model as sched
-from suanli.schemas.devenvs import DevEnvSpec
-from suanli.schemas.jobs import STORED, JobSpec
-from suanli.services import devenvs, unixaccounts, workfolders
-from suanli.services.jobs import (
-    PRIORITIES,
-    job_dir,
-    log_path,
-    move,
-    note,
-    quota_of,
-    request_of,
-)
+from suanli.services import unixaccounts, workfolders
+from suanli.services.jobs import PRIORITIES, job_dir, log_path, move, note, quota_of
 from suanli.services.nodes import scheduler_nodes
 
 log = logging.getLogger("suanli.controllers.workloads")
@@ -53,6 +42,8 @@ ENGINE_START_INTERVAL = 0.5
 # A launched job still in its engine's queue: reason.engine_queued, with the engine's reason.
 ENGINE_QUEUED = "engine_queued"
 USAGE_HALF_LIFE = 7 * 86400.0
+# The stop reason, then exit reason, of a workload whose row can no longer be read.
+UNREADABLE = "unreadable"
 
 
 class WorkloadController:
@@ -73,7 +64,9 @@ class WorkloadController:
         self.cycle_times = cycle_times
         self.usage: dict[str, float] = {}
         self._last_tick: float | None = None
-        self._requests: dict[int, tuple[sched.Request, bool, float | None]] = {}
+        self._demands: dict[int, Demand] = {}
+        # Derived this cycle for rows from before requests were kept: written back with it.
+        self._demand_json: dict[int, dict[str, Any]] = {}
 
     def tick(self) -> None:
         self.follow()
@@ -179,16 +172,13 @@ class WorkloadController:
 
     def _record_exit(self, job: Job, exit: ExitStatus) -> None:
         job.exit_reason, job.exit_code, job.exit_signal = exit.reason, exit.exit_code, exit.signal
-        job.exit_detail = exit.detail[:2000]
+        if job.stop_reason != UNREADABLE:  # else the detail says why it could not be read
+            job.exit_detail = exit.detail[:2000]
         job.usage = dict(exit.usage)
-        retries = int(job.spec.get("retries", 0))
+        retries = _retries(job)
         stop = job.stop_reason
-        if stop == "cancelled":
-            move(job, State.cancelled, "event.cancelled")
-            job.exit_reason = "cancelled"
-        elif stop == "idle":  # a dev environment nobody used (see DevEnvController)
-            move(job, State.cancelled, "event.stopped_idle")
-            job.exit_reason = "idle"
+        if stop and stop != "preempted":  # cancelled, or a reason of its kind's own
+            _end_stopped(job, "event.cancelled")
         elif exit.reason == "exit_code" and exit.exit_code == 0 and not stop:
             move(job, State.succeeded, "event.succeeded")
         elif job.attempts <= retries and exit.reason != "cancelled":
@@ -220,11 +210,10 @@ class WorkloadController:
             ).all()
             for job in jobs:
                 if job.handle is None:  # admitted, not launched yet: nothing to stop
-                    if job.stop_reason == "cancelled":
-                        job.exit_reason = "cancelled"
-                        move(job, State.cancelled, "event.cancelled_before_start")
-                    else:
+                    if job.stop_reason == "preempted":
                         self._requeue(job, "event.preempted_before_start")
+                    else:
+                        _end_stopped(job, "event.cancelled_before_start")
                     continue
                 self.backend.stop(
                     job.handle, reason=job.stop_reason, grace_seconds=STOP_GRACE_SECONDS
@@ -248,6 +237,8 @@ class WorkloadController:
                     Job.stop_reason,
                     Job.placement,
                     Job.spec,
+                    Job.spec_version,
+                    Job.request,
                     Job.priority,
                     Job.user_name,
                     Job.submitted_at,
@@ -263,17 +254,25 @@ class WorkloadController:
             nodes = scheduler_nodes(session)
             quotas = _quotas(session)
         self._forget({row.id for row in active})
+        places_work = self.backend.capabilities.places_work
+        unreadable: dict[int, str] = {}
+        workloads: dict[int, sched.Workload] = {}
+        for row in active:
+            try:
+                workloads[row.id] = self._workload(row)
+            except Unreadable as error:  # failed below; the rest of the queue goes on
+                unreadable[row.id] = str(error)
         pending = tuple(
-            self._workload(row)
+            workloads[row.id]
             for row in active
-            if row.state == State.pending and not row.stop_reason
+            if row.state == State.pending and not row.stop_reason and row.id in workloads
         )
         # An engine's jobs hold capacity without a placement of ours; our own are counted
         # from their placement.
         running = tuple(
-            self._workload(row)
+            workloads[row.id]
             for row in active
-            if row.state in ACTIVE and (row.placement or self.backend.places_work)
+            if row.state in ACTIVE and (row.placement or places_work) and row.id in workloads
         )
         if self._last_tick is not None:
             self.usage = decayed_usage(
@@ -293,7 +292,7 @@ class WorkloadController:
                 running=running,
                 usage=self.usage,
             ),
-            place=not self.backend.places_work,
+            places_work=places_work,
         )
         shown = {
             row.id: (row.pending_code, row.pending_params, row.pending_position) for row in active
@@ -303,20 +302,24 @@ class WorkloadController:
             for job_id, reason in decisions.pending.items()
             if shown.get(job_id) != (reason.code, dict(reason.params), reason.position)
         }
-        if not (decisions.admit or decisions.preempt or changed_reasons):
+        derived = {
+            row.id: self._demand_json[row.id] for row in active if row.id in self._demand_json
+        }
+        if not (decisions.admit or decisions.preempt or changed_reasons or unreadable or derived):
             return []
-        memory_of = {d.id: d.memory_bytes for node in nodes for d in node.devices}
         admitted = []
         with self.database.writing() as session:
+            self._keep_derived(session, derived)
+            for job_id, reason in unreadable.items():
+                job = _load(session, job_id)
+                if job is not None and job.state in (State.pending, *ACTIVE):
+                    self._unreadable(job, reason)
             for admission in decisions.admit:
                 job = session.get(Job, admission.workload)
                 if job is None or job.state != State.pending or job.stop_reason:
                     continue  # cancelled meanwhile: the next cycle decides again
                 job.placement = _placement_dict(admission.placement)
-                devices = admission.placement.devices if admission.placement else ()
-                job.gpus = gpu_charge(
-                    self._requests[job.id][0], memory_of.get(devices[0].device) if devices else None
-                )
+                job.gpus = admission.charge
                 job.pending_code, job.pending_params, job.pending_position = "", {}, 0
                 event, params = _placed("event.admitted", admission.placement)
                 move(job, State.admitted, event, **params)
@@ -335,41 +338,60 @@ class WorkloadController:
         return admitted
 
     def _workload(self, row: Any) -> sched.Workload:
-        request, preemptible, max_duration = self._parsed(row.id, row.kind, row.spec)
+        wanted = self._demand(row)
         placement = None
-        if row.placement and not self.backend.places_work:  # an engine's is for people only
+        if row.placement and not self.backend.capabilities.places_work:  # an engine's: for people
             placement = _placement(row.placement)
         return sched.Workload(
             id=row.id,
             project=row.name,
             user=row.user_name,
-            request=request,
-            priority=PRIORITIES[row.priority],
+            request=wanted.request,
+            priority=PRIORITIES.get(row.priority, sched.Priority.normal),
             submitted_at=row.submitted_at.timestamp(),
-            preemptible=preemptible,
-            max_duration=max_duration,
+            preemptible=wanted.preemptible,
+            max_duration=wanted.max_duration,
             started_at=row.started_at.timestamp() if row.started_at else None,
             placement=placement,
             identity=unixaccounts.account_of(self.settings, row.user_name) or "",
         )
 
-    def _parsed(
-        self, job_id: int, kind: str, spec: dict[str, Any]
-    ) -> tuple[sched.Request, bool, float | None]:
-        """A job's spec never changes while it is queued or runs: parse it once, not on every
-        cycle."""
-        if job_id not in self._requests:
-            parsed = parse_spec(kind, spec)
-            self._requests[job_id] = (
-                request_of(parsed),
-                parsed.preemptible,
-                float(parsed.max_duration) if parsed.max_duration else None,
-            )
-        return self._requests[job_id]
+    def _demand(self, row: Any) -> Demand:
+        """What the workload asks of the scheduler, as kept at submit; read once, not on
+        every cycle. A row from before it was kept gets it derived from its spec here, and
+        kept by this cycle's write. Unreadable when neither can be read."""
+        if row.id not in self._demands:
+            kind_of(row.kind)  # a kind this server does not know is not scheduled
+            kept = row.request
+            if kept is None:
+                kept = demand.of(kind_of(row.kind).load(row.spec, row.spec_version))
+                self._demand_json[row.id] = kept
+            self._demands[row.id] = demand.read(kept)
+        return self._demands[row.id]
+
+    def _keep_derived(self, session: Session, derived: dict[int, dict[str, Any]]) -> None:
+        for job_id, kept in derived.items():
+            job = session.get(Job, job_id)
+            if job is not None and job.request is None:
+                job.request = kept
+        self._demand_json.clear()
+
+    def _unreadable(self, job: Job, reason: str) -> None:
+        """A row the server cannot read any more (changed by hand, or by a downgrade): it
+        fails, saying why, instead of stopping the scheduling of every other workload. One
+        that may still run is stopped first (what it holds can no longer be counted)."""
+        if job.stop_reason == UNREADABLE:
+            return  # being stopped
+        log.warning("workload %s cannot be read: %s", job.id, reason)
+        job.exit_reason, job.exit_detail = UNREADABLE, reason[:2000]
+        if job.handle is not None:
+            job.stop_reason, job.stop_sent_at = UNREADABLE, None
+            return
+        move(job, State.failed, "event.unreadable", reason=reason)
 
     def _forget(self, active: set[int]) -> None:
-        for job_id in set(self._requests) - active:
-            del self._requests[job_id]
+        for job_id in set(self._demands) - active:
+            del self._demands[job_id]
 
     # 4. Act: launch, with the attempt written down before and the handle right after.
     def launch(self, job_ids: list[int]) -> None:
@@ -388,7 +410,9 @@ class WorkloadController:
                 move(job, State.starting, "event.attempt", attempt=job.attempts)
                 try:
                     specs[job_id] = self._launch_spec(job, fresh=True)
-                except (unixaccounts.AccountError, OSError) as error:
+                except Unreadable as error:
+                    self._unreadable(job, str(error))
+                except (unixaccounts.AccountError, OSError, Unsupported) as error:
                     self._ended(job, ExitStatus("launch_error", detail=str(error)))
             session.commit()
         if specs:
@@ -418,7 +442,7 @@ class WorkloadController:
             return
         job.handle = outcome
         job.warnings = list(self.backend.warnings(outcome))
-        if self.backend.places_work:  # in the engine's queue: follow() sees it start
+        if self.backend.capabilities.places_work:  # in its engine's queue: follow() sees it start
             note(job, "event.submitted_to_engine", engine=self.engine)
             self.interval = ENGINE_START_INTERVAL
         else:
@@ -426,42 +450,38 @@ class WorkloadController:
             move(job, State.running, "event.started")
 
     def _launch_spec(self, job: Job, *, fresh: bool) -> LaunchSpec:
-        """What the backend needs to start this attempt. `fresh`: a new attempt (a dev
-        environment gets a new token); else the same attempt again, for `adopt`."""
-        spec = parse_spec(job.kind, job.spec)
+        """What the backend needs to start this attempt: the platform's part (account,
+        folder, resources, placement) here, the command and its surroundings from the kind.
+        `fresh`: a new attempt; else the same attempt again, for `adopt`."""
+        kind = kind_of(job.kind)
+        spec = kind.load(job.spec, job.spec_version)
         run_as = unixaccounts.account_of(self.settings, job.user_name)
         account = unixaccounts.ensure(self.settings, run_as, job.user_name) if run_as else None
-        first = fresh and job.attempts == 1
-        folder = workfolders.prepare(self.settings, job.id, account, first=first)
+        folder = workfolders.prepare(
+            self.settings, job.id, account, first=fresh and job.attempts == 1
+        )
         env = {**spec.env, "SUANLI_PROJECT": job.project.name, "SUANLI_USER": job.user_name}
-        launcher = "none"
-        if isinstance(spec, DevEnvSpec):
-            home = Path(account.pw_dir) if account else Path.home()
-            workdir = Path(spec.workdir) if spec.workdir else home
-            argv = self._agent(job, spec, folder, workdir, env, fresh=fresh)
-        else:
-            if spec.script is not None:
-                script = workfolders.write(folder, "script.sh", spec.script, account)
-                argv = ("/bin/bash", str(script))
-            else:
-                argv = tuple(spec.command or ())
-            workdir = Path(spec.workdir) if spec.workdir else folder
-            launcher = spec.launcher
-        placement = _placement(job.placement)
+        capabilities = self.backend.capabilities
+        start = Start(self.settings, job, spec, folder, account, env, fresh, capabilities)
+        launch = kind.launch(start)
+        if launch.mounts and not capabilities.mounts:
+            raise Unsupported(f"the {self.engine} backend cannot mount data into workloads")
         resources = spec.resources
         return LaunchSpec(
             job_id=job.id,
-            name=job.name or f"job-{job.id}",
+            name=job.name or f"{job.kind}-{job.id}",
             user=job.user_name,
             nodes=resources.nodes,
             gpus=resources.gpus,
             gpu_model=resources.gpu_model,
             pool=spec.pool,
-            launcher=launcher,
-            argv=argv,
-            workdir=workdir,
-            env=env,
-            placement=placement,
+            launcher=launch.launcher,
+            argv=launch.argv,
+            workdir=launch.workdir,
+            env=launch.env,
+            ports=launch.ports,
+            mounts=launch.mounts,
+            placement=_placement(job.placement),
             limits=Limits(cpus=resources.cpus, memory_bytes=resources.memory),
             log_path=log_path(self.settings, job.id),
             state_dir=job_dir(self.settings, job.id) / f"attempt-{job.attempts}",
@@ -469,52 +489,30 @@ class WorkloadController:
             max_duration=spec.max_duration,
         )
 
-    def _agent(
-        self,
-        job: Job,
-        spec: DevEnvSpec,
-        folder: Path,
-        workdir: Path,
-        env: dict[str, str],
-        *,
-        fresh: bool,
-    ) -> tuple[str, ...]:
-        """A dev environment's command: the agent, told by one variable what to start. Its
-        token is new at every start; it reports to its own folder."""
-        if fresh or not job.token:
-            job.token = secrets.token_urlsafe(32)
-            workfolders.remove(folder, endpoints.ENDPOINTS_FILE)
-        prefix = self.settings.devenv_environments.get(spec.environment or "")
-        agent_python = self.settings.devenv_agent_python or sys.executable
-        python = str(prefix / "bin" / "python") if prefix else agent_python
-        config = AgentConfig(
-            env_id=job.id,
-            folder=str(folder),
-            tools=tuple(spec.tools),
-            token=job.token,
-            gateway_key=keys.public_line(keys.client_key(self.settings.data_dir)),
-            # On a cluster node the server reaches the tools over the network (they ask for
-            # the token; code-server is not offered there); here, on loopback only.
-            bind="0.0.0.0" if self.backend.places_work else "127.0.0.1",  # noqa: S104
-            workdir=str(workdir),
-            python=python,
-            prefix=str(prefix or ""),
-            code_server=devenvs.code_server(self.settings),
-        )
-        env[endpoints.CONFIG_VARIABLE] = config.dumps()
-        env["PYTHONPATH"] = endpoints.with_source(env.get("PYTHONPATH", ""))
-        return (agent_python, "-m", "suanli.devenvs.agent")
-
-
-def parse_spec(kind: str, data: dict[str, Any]) -> JobSpec | DevEnvSpec:
-    """A stored spec, as it was accepted: rules added since (STORED skips them) must not make
-    an old row fail every scheduler cycle."""
-    model = DevEnvSpec if kind == devenvs.KIND else JobSpec
-    return model.model_validate(data, context=STORED)
-
 
 def _load(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id, options=[selectinload(Job.project)])
+
+
+def _retries(job: Job) -> int:
+    """How many times it may be retried, as kept at submit."""
+    retries = (job.request or {}).get("retries", 0)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
+
+
+def _end_stopped(job: Job, event: str) -> None:
+    """Stopped on purpose: cancelled, or for a reason of its kind's own (an idle dev
+    environment, a surplus replica), each with its own event in the history; or because
+    its row could not be read any more, which fails it."""
+    reason = job.stop_reason or "cancelled"
+    if reason == UNREADABLE:
+        job.exit_reason = UNREADABLE
+        move(job, State.failed, "event.unreadable", reason=job.exit_detail)
+        return
+    kind = KINDS.get(job.kind)
+    own = kind.stops.get(reason) if kind is not None else None
+    job.exit_reason = reason
+    move(job, State.cancelled, own or event)
 
 
 def _quotas(session: Session) -> dict[str, sched.Quota]:

@@ -26,6 +26,8 @@ from suanli.core.states import State
 from suanli.db.models import Job, Project, User
 from suanli.devenvs import endpoints
 from suanli.devenvs.endpoints import Endpoints
+from suanli.kinds import demand, devenv
+from suanli.kinds.devenv import code_server
 from suanli.scheduler import model as sched
 from suanli.schemas.devenvs import DevEnvListQuery, DevEnvSpec
 from suanli.schemas.jobs import JobListQuery
@@ -34,16 +36,12 @@ from suanli.services.actor import Actor
 from suanli.services.common import commit
 from suanli.services.projects import access, writable
 
-KIND = "devenv"
+KIND = devenv.KIND.name
 
 
 def folder(settings: Settings, env_id: int) -> Path:
     """Where the agent writes its endpoints: the environment's own folder."""
     return jobs.work_folder(settings, env_id)
-
-
-def code_server(settings: Settings) -> str:
-    return settings.code_server or shutil.which("code-server") or ""
 
 
 def create(
@@ -53,22 +51,23 @@ def create(
     nodes: Sequence[sched.Node],
     settings: Settings,
     *,
-    on_engine: bool,
+    remote: bool,
 ) -> Job:
     """Refuse what could never work (unknown environment, VS Code where it cannot be served,
     limits above the server's or the project's), then submit it like a job."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
-    _check_choices(spec, settings, on_engine)
+    _check_choices(spec, settings, remote)
     taken = select(Job.id).where(
         Job.kind == KIND, Job.user_id == actor.account.id, Job.name == spec.name
     )
     if session.scalar(taken) is not None:
         raise Conflict("error.devenv_exists", field="name", name=spec.name)
     stored = _limited(spec, project, settings)
-    return jobs.submit(session, actor, spec, nodes, settings.unix_users, kind=KIND, stored=stored)
+    unix_users = settings.unix_users
+    return jobs.submit(session, actor, spec, nodes, unix_users, kind=devenv.KIND, stored=stored)
 
 
-def _check_choices(spec: DevEnvSpec, settings: Settings, on_engine: bool) -> None:
+def _check_choices(spec: DevEnvSpec, settings: Settings, remote: bool) -> None:
     known = settings.devenv_environments
     if spec.environment is not None and spec.environment not in known:
         raise InvalidInput(
@@ -77,7 +76,7 @@ def _check_choices(spec: DevEnvSpec, settings: Settings, on_engine: bool) -> Non
             name=spec.environment,
             known=", ".join(sorted(known)) or "-",
         )
-    if "vscode" in spec.tools and (on_engine or not code_server(settings)):
+    if "vscode" in spec.tools and (remote or not code_server(settings)):
         raise InvalidInput("error.devenv_no_vscode", field="tools")
     ceiling = settings.devenv_idle_timeout_seconds
     if ceiling and spec.idle_timeout and spec.idle_timeout > ceiling:
@@ -135,6 +134,7 @@ def restart(session: Session, actor: Actor, env_id: int) -> Job:
     if not State(job.state).terminal:
         raise Conflict("error.devenv_not_stopped", name=job.name, state=job.state)
     job.spec = _relimited(dict(job.spec), job.project)
+    job.request = demand.of(devenv.KIND.load(job.spec, job.spec_version))
     job.handle, job.placement, job.token = None, None, ""
     job.stop_reason, job.stop_sent_at = "", None
     job.exit_reason, job.exit_code, job.exit_signal, job.exit_detail = "", None, None, ""

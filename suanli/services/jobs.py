@@ -22,6 +22,9 @@ from suanli.core.errors import Forbidden, InvalidInput, NotFound
 from suanli.core.roles import ProjectRole
 from suanli.core.states import ACTIVE, TERMINAL, State
 from suanli.db.models import Job, JobEvent, Membership, Project, utcnow
+from suanli.kinds import demand
+from suanli.kinds.base import Kind
+from suanli.kinds.demand import request_of
 from suanli.scheduler import check_feasible
 from suanli.scheduler import model as sched
 from suanli.scheduler.feasibility import check_quota_ceiling
@@ -73,19 +76,6 @@ def open_log(path: Path) -> BinaryIO | None:
         os.close(fd)
         return None
     return os.fdopen(fd, "rb")
-
-
-def request_of(spec: "JobSpec | DevEnvSpec") -> sched.Request:
-    resources = spec.resources
-    return sched.Request(
-        gpus=resources.gpus,
-        gpu_model=resources.gpu_model,
-        gpu_memory_bytes=resources.gpu_memory or 0,
-        gpu_compute_percent=resources.gpu_compute_percent or 0,
-        cpus=resources.cpus,
-        memory_bytes=resources.memory,
-        nodes=resources.nodes,
-    )
 
 
 def check_runnable(spec: "JobSpec | DevEnvSpec", nodes: Sequence[sched.Node]) -> None:
@@ -147,27 +137,31 @@ def submit(
     nodes: Sequence[sched.Node],
     unix_users: Mapping[str, str],
     *,
-    kind: str = "job",
+    kind: Kind,
     stored: dict[str, Any] | None = None,
 ) -> Job:
     """Accept a workload that some node could ever run within its project's quota; one that
     no node could run, or that is larger than the quota lets the project hold at once, is
     refused here rather than left pending forever. One that fits once other work has ended
     is accepted and pends.
-    `stored`: the spec as it is to be kept, where the caller completed it."""
+    `stored`: the spec as it is to be kept, where the caller completed it. What the
+    scheduler needs is derived from the kept spec here, once (suanli.kinds.demand)."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
     check_runnable(spec, nodes)
     check_quota(spec, project, nodes)
+    kept = stored or spec.model_dump(mode="json")
     job = Job(
-        kind=kind,
+        kind=kind.name,
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
         user_id=actor.account.id,
         user_name=actor.name,
         name=spec.name,
-        spec=stored or spec.model_dump(mode="json"),
+        spec=kept,
+        spec_version=kind.version,
+        request=demand.of(kind.load(kept, kind.version)),
         priority=spec.priority,
         gpus=float(spec.resources.gpus * spec.resources.nodes),
         state=State.pending,
@@ -178,8 +172,8 @@ def submit(
     audit.record(
         session,
         actor,
-        f"{kind}.submit",
-        target_type=kind,
+        f"{kind.name}.submit",
+        target_type=kind.name,
         target=str(job.id),
         project=project,
         detail={"gpus": spec.resources.gpus},
@@ -262,16 +256,18 @@ def resubmit(
     job_id: int,
     nodes: Sequence[sched.Node],
     unix_users: Mapping[str, str],
+    *,
+    kind: Kind,
 ) -> Job:
     """Submit the same spec again, as the caller: under today's rules, which a spec kept
     from before a rule existed may break."""
-    job = get_job(session, actor, job_id)
+    job = get_job(session, actor, job_id, kind=kind.name)
     try:
-        spec = JobSpec.model_validate({**job.spec, "project": job.project.name})
+        spec = kind.spec_model.model_validate({**job.spec, "project": job.project.name})
     except ValidationError as error:
         where = ".".join(str(part) for part in error.errors()[0]["loc"])
         raise InvalidInput("error.spec_outdated", field=where, where=where) from None
-    return submit(session, actor, spec, nodes, unix_users)
+    return submit(session, actor, spec, nodes, unix_users, kind=kind)
 
 
 @dataclass(frozen=True)

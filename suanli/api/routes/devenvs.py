@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from suanli.api.deps import Caller, CallerDep, SessionDep, SettingsDep, get_database
+from suanli.api.deps import Caller, CallerDep, SessionDep, SettingsDep, WorkloadsDep
 from suanli.api.outputs import devenv_detail_out, devenv_out
 from suanli.api.problems import language_of
 from suanli.db.models import Job
@@ -12,8 +12,7 @@ from suanli.schemas.devenvs import DevEnvDetailOut, DevEnvListQuery, DevEnvOut, 
 from suanli.schemas.jobs import LogQuery
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
-from suanli.services import devenvs, jobs
-from suanli.services.nodes import inventory
+from suanli.services import devenvs
 
 router = APIRouter(prefix="/devenvs", tags=["devenvs"])
 EnvId = Annotated[int, Path(ge=1, le=MAX_INT32)]
@@ -32,15 +31,11 @@ def create(
     request: Request,
     caller: CallerDep,
     session: SessionDep,
-    settings: SettingsDep,
+    workloads: WorkloadsDep,
 ) -> DevEnvDetailOut:
     """Create a dev environment: it waits for its resources like a job, then runs until
     stopped, idle for its `idle_timeout`, or at its project's maximum lifetime."""
-    nodes = inventory(get_database(request))
-    job = devenvs.create(
-        session, caller.actor, spec, nodes, settings, on_engine=request.app.state.on_engine
-    )
-    request.app.state.wake()
+    job = workloads.create_env(session, caller.actor, spec)
     return _detail(request, job, caller)
 
 
@@ -68,21 +63,19 @@ def show(
 
 @router.post("/{env_id}/stop", response_model=DevEnvDetailOut)
 def stop(
-    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep
+    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep, workloads: WorkloadsDep
 ) -> DevEnvDetailOut:
     """Stop it: its processes get SIGTERM, a grace period, then SIGKILL. Its files stay."""
-    job = devenvs.stop(session, caller.actor, env_id)
-    request.app.state.wake()
+    job = workloads.stop_env(session, caller.actor, env_id)
     return _detail(request, job, caller)
 
 
 @router.post("/{env_id}/restart", response_model=DevEnvDetailOut)
 def restart(
-    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep
+    env_id: EnvId, request: Request, caller: CallerDep, session: SessionDep, workloads: WorkloadsDep
 ) -> DevEnvDetailOut:
     """Start a stopped environment again, in place (same id, URLs and SSH name)."""
-    job = devenvs.restart(session, caller.actor, env_id)
-    request.app.state.wake()
+    job = workloads.restart_env(session, caller.actor, env_id)
     return _detail(request, job, caller)
 
 
@@ -98,17 +91,16 @@ def logs(
     query: Annotated[LogQuery, Query()],
     caller: CallerDep,
     session: SessionDep,
-    settings: SettingsDep,
+    workloads: WorkloadsDep,
 ) -> LogChunkOut:
     """What the environment's tools printed (JupyterLab's log, the agent's lines)."""
-    chunk = jobs.read_log(
+    chunk = workloads.read_log(
         session,
         caller.actor,
         env_id,
-        jobs.log_path(settings, env_id),
+        kind=devenvs.KIND,
         offset=query.offset,
         limit=query.limit,
         tail=query.tail,
-        kind=devenvs.KIND,
     )
     return LogChunkOut(text=chunk.text, next_offset=chunk.next_offset, finished=chunk.finished)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep, get_database
+from suanli.api.deps import CallerDep, SessionDep, WorkloadsDep
 from suanli.api.outputs import detail_out, job_out
 from suanli.api.problems import language_of
 from suanli.schemas.jobs import (
@@ -17,8 +17,6 @@ from suanli.schemas.jobs import (
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs
-from suanli.services.jobs import log_path
-from suanli.services.nodes import inventory
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
@@ -26,14 +24,15 @@ JobId = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 @router.post("", response_model=JobDetailOut, status_code=201)
 def submit(
-    spec: JobSpec, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
+    spec: JobSpec,
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    workloads: WorkloadsDep,
 ) -> JobDetailOut:
     """Submit a job. One that no node could ever run is refused (422, naming the resource);
     one above the project's quota is accepted and waits, saying why."""
-    job = jobs.submit(
-        session, caller.actor, spec, inventory(get_database(request)), settings.unix_users
-    )
-    request.app.state.wake()
+    job = workloads.submit(session, caller.actor, spec)
     return detail_out(job, language_of(request))
 
 
@@ -56,23 +55,21 @@ def show(job_id: JobId, request: Request, caller: CallerDep, session: SessionDep
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetailOut)
-def cancel(job_id: JobId, request: Request, caller: CallerDep, session: SessionDep) -> JobDetailOut:
+def cancel(
+    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, workloads: WorkloadsDep
+) -> JobDetailOut:
     """Cancel: a pending job ends at once, a running one gets SIGTERM, a grace period, then
     SIGKILL."""
-    job = jobs.cancel(session, caller.actor, job_id)
-    request.app.state.wake()
+    job = workloads.cancel(session, caller.actor, job_id)
     return detail_out(job, language_of(request))
 
 
 @router.post("/{job_id}/resubmit", response_model=JobDetailOut, status_code=201)
 def resubmit(
-    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, settings: SettingsDep
+    job_id: JobId, request: Request, caller: CallerDep, session: SessionDep, workloads: WorkloadsDep
 ) -> JobDetailOut:
     """Submit the same spec again, as you."""
-    job = jobs.resubmit(
-        session, caller.actor, job_id, inventory(get_database(request)), settings.unix_users
-    )
-    request.app.state.wake()
+    job = workloads.resubmit(session, caller.actor, job_id)
     return detail_out(job, language_of(request))
 
 
@@ -82,15 +79,15 @@ def logs(
     query: Annotated[LogQuery, Query()],
     caller: CallerDep,
     session: SessionDep,
-    settings: SettingsDep,
+    workloads: WorkloadsDep,
 ) -> LogChunkOut:
     """Output from `offset` (or the last `tail` lines). Follow a job by asking again from
     `next_offset` until `finished` is true; logs stay after the job ends."""
-    chunk = jobs.read_log(
+    chunk = workloads.read_log(
         session,
         caller.actor,
         job_id,
-        log_path(settings, job_id),
+        kind="job",
         offset=query.offset,
         limit=query.limit,
         tail=query.tail,

@@ -36,7 +36,6 @@ from suanli.schemas.devenvs import (
 from suanli.schemas.types import MAX_INT32
 from suanli.services import devenvs, jobs, nodes, projects, sshkeys
 from suanli.services.actor import Actor
-from suanli.services.jobs import log_path
 from suanli.web import forms, render, session
 from suanli.web.routes.jobs import LOG_CHUNK, log_download, log_stream, resume_offset
 from suanli.web.session import Viewer
@@ -92,8 +91,7 @@ def _view(request: Request, db: Session, viewer: Viewer, job: Job) -> EnvView:
 
 def _vscode_offered(request: Request) -> bool:
     """code-server must be on the server's host, and environments must run there too."""
-    state = request.app.state
-    return not state.on_engine and bool(devenvs.code_server(state.settings))
+    return request.app.state.workloads.vscode_offered()
 
 
 @router.get("/devenvs")
@@ -187,15 +185,11 @@ def _create(request: Request, viewer: Viewer, values: dict[str, str], tools: lis
         errors, status = forms.refused(request, error)
     else:
         try:
-            inventory = nodes.inventory(database)
             with database.writing() as db:
-                env_id = devenvs.create(
-                    db, viewer.actor, spec, inventory, state.settings, on_engine=state.on_engine
-                ).id
+                env_id = state.workloads.create_env(db, viewer.actor, spec).id
         except SuanliError as error:
             errors, status = forms.refused(request, error)
         else:
-            state.wake()
             return render.redirect(f"/devenvs/{env_id}", flash="web.flash.devenv_created")
     with database.reading() as db:
         return _form_page(request, db, viewer, values, tools, errors, status=status)
@@ -240,12 +234,14 @@ def _back(values: dict[str, str], env_id: int) -> str:
 
 @router.post("/devenvs/{env_id}/stop")
 async def stop_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
-    return await _act(request, viewer, env_id, devenvs.stop, "web.flash.devenv_stopping")
+    action = request.app.state.workloads.stop_env
+    return await _act(request, viewer, env_id, action, "web.flash.devenv_stopping")
 
 
 @router.post("/devenvs/{env_id}/restart")
 async def restart_env(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
-    return await _act(request, viewer, env_id, devenvs.restart, "web.flash.devenv_restarted")
+    action = request.app.state.workloads.restart_env
+    return await _act(request, viewer, env_id, action, "web.flash.devenv_restarted")
 
 
 async def _act(
@@ -263,7 +259,6 @@ async def _act(
             action(db, viewer.actor, env_id)
 
     await to_thread.run_sync(act)
-    request.app.state.wake()
     return render.redirect(_back(values, env_id), flash=flash)
 
 
@@ -295,23 +290,22 @@ def terminal(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep)
 @router.get("/devenvs/{env_id}/log.txt")
 def download_log(env_id: EnvId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     devenvs.get(db, viewer.actor, env_id)
-    return log_download(log_path(request.app.state.settings, env_id), f"devenv-{env_id}.log")
+    path = request.app.state.workloads.log_path(env_id)
+    return log_download(path, f"devenv-{env_id}.log")
 
 
 @router.get("/devenvs/{env_id}/log")
 async def follow_log(env_id: EnvId, request: Request, viewer: ViewerDep) -> Response:
     """The job page's live log, for an environment: it opens on the last lines (an
     environment runs for days), then follows."""
-    database = get_database(request)
-    path = log_path(request.app.state.settings, env_id)
+    database, workloads = get_database(request), request.app.state.workloads
 
     def read(offset: int | None) -> jobs.LogChunk:
         with database.reading() as db:
-            return jobs.read_log(
+            return workloads.read_log(
                 db,
                 viewer.actor,
                 env_id,
-                path,
                 offset=offset or 0,
                 limit=LOG_CHUNK,
                 tail=LOG_TAIL_LINES if offset is None else None,

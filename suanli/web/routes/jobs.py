@@ -13,7 +13,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from suanli.api.deps import SessionDep, SettingsDep, get_database
+from suanli.api.deps import SessionDep, get_database
 from suanli.api.outputs import event_text, job_out
 from suanli.core.errors import InvalidInput, SuanliError
 from suanli.core.roles import ProjectRole
@@ -23,7 +23,6 @@ from suanli.i18n import translate
 from suanli.schemas.jobs import JobListQuery, JobSpec, Launcher
 from suanli.schemas.types import MAX_INT32
 from suanli.services import jobs, nodes, projects
-from suanli.services.jobs import log_path
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
 
@@ -146,7 +145,7 @@ def _check(request: Request, viewer: Viewer, values: dict[str, str]) -> _Checked
     except ValidationError as error:
         return _Checked(None, forms.errors_of(error, language), preview)
     database = get_database(request)
-    inventory = nodes.inventory(database)
+    inventory = request.app.state.workloads.inventory()
     try:
         jobs.check_runnable(spec, inventory)
         with database.reading() as db:
@@ -186,15 +185,12 @@ def _submit(request: Request, viewer: Viewer, values: dict[str, str]) -> Respons
     database = get_database(request)
     spec, errors, preview = _check(request, viewer, values)
     if spec is not None and not errors:
-        unix_users = request.app.state.settings.unix_users
         try:
-            inventory = nodes.inventory(database)
             with database.writing() as db:
-                job_id = jobs.submit(db, viewer.actor, spec, inventory, unix_users).id
+                job_id = request.app.state.workloads.submit(db, viewer.actor, spec).id
         except SuanliError as error:
             errors = forms.errors_of(error, request.state.language)
         else:
-            request.app.state.wake()
             return render.redirect(f"/jobs/{job_id}", flash="web.flash.submitted")
     with database.reading() as db:
         return _submit_page(request, db, viewer, values, errors, status=422, preview=preview)
@@ -230,18 +226,13 @@ def _can_cancel(db: Session, viewer: Viewer, job: Job) -> bool:
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
-    jobs.cancel(db, viewer.actor, job_id)
-    request.app.state.wake()
+    request.app.state.workloads.cancel(db, viewer.actor, job_id)
     return render.redirect(f"/jobs/{job_id}", flash="web.flash.cancel_requested")
 
 
 @router.post("/jobs/{job_id}/resubmit")
-def resubmit_job(
-    job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep, settings: SettingsDep
-) -> Response:
-    inventory = nodes.inventory(get_database(request))
-    job = jobs.resubmit(db, viewer.actor, job_id, inventory, settings.unix_users)
-    request.app.state.wake()
+def resubmit_job(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
+    job = request.app.state.workloads.resubmit(db, viewer.actor, job_id)
     return render.redirect(f"/jobs/{job.id}", flash="web.flash.resubmitted")
 
 
@@ -249,7 +240,8 @@ def resubmit_job(
 def download_log(job_id: JobId, request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     """The whole log as a file, for what is too long to read in the page."""
     jobs.get_job(db, viewer.actor, job_id)
-    return log_download(log_path(request.app.state.settings, job_id), f"job-{job_id}.log")
+    path = request.app.state.workloads.log_path(job_id)
+    return log_download(path, f"job-{job_id}.log")
 
 
 def log_download(path: pathlib.Path, name: str) -> Response:
@@ -274,14 +266,12 @@ async def follow_log(job_id: JobId, request: Request, viewer: ViewerDep) -> Resp
     ended and everything was sent. Access is checked at every read: a session that ends or
     loses the project stops the stream. A stream lasts a minute at most; the browser then
     reconnects and goes on from the last event's id (the log offset), losing nothing."""
-    settings = request.app.state.settings
-    database = get_database(request)
-    path = log_path(settings, job_id)
+    database, workloads = get_database(request), request.app.state.workloads
 
     def read(offset: int | None) -> jobs.LogChunk:
         with database.reading() as db:
-            return jobs.read_log(
-                db, viewer.actor, job_id, path, offset=offset or 0, limit=LOG_CHUNK, tail=None
+            return workloads.read_log(
+                db, viewer.actor, job_id, kind="job", offset=offset or 0, limit=LOG_CHUNK, tail=None
             )
 
     first = await to_thread.run_sync(read, resume_offset(request))  # 404 here, not mid-stream

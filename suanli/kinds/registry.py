@@ -1,0 +1,13 @@
+"""Every kind this server runs, by the name its rows carry."""
+
+from suanli.kinds import devenv, job, replica
+from suanli.kinds.base import Kind, Unreadable
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (job.KIND, devenv.KIND, replica.KIND)}
+
+
+def kind_of(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise Unreadable(f"unknown workload kind {name!r}") from None

@@ -1,0 +1,192 @@
+"""Deployments: create, list, show, scale, stop, start, remove.
+
+A deployment is desired state: `replicas` workloads of the replica kind made from its
+template. Services only write that state; the deployment controller
+(suanli.controllers.deployments) starts, stops and replaces its replicas. Who may do what is
+as for jobs: members and owners create in their project, every member sees, the author, the
+project's owners and administrators change and stop it.
+"""
+
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from suanli.core.errors import Conflict, Forbidden, NotFound
+from suanli.core.roles import ProjectRole
+from suanli.core.states import ACTIVE, State
+from suanli.db.models import Deployment, Job, Membership, Project
+from suanli.kinds import demand, replica
+from suanli.scheduler import model as sched
+from suanli.schemas.deployments import DeploymentListQuery, DeploymentSpec
+from suanli.services import audit
+from suanli.services.actor import Actor
+from suanli.services.common import commit
+from suanli.services.jobs import check_quota, check_runnable
+from suanli.services.projects import access, writable
+
+ACTIVE_STATE, STOPPED = "active", "stopped"
+LIVE = (State.pending, *ACTIVE)
+
+
+def create(
+    session: Session,
+    actor: Actor,
+    spec: DeploymentSpec,
+    nodes: Sequence[sched.Node],
+    unix_users: Mapping[str, str],
+) -> Deployment:
+    """Refuse a template no node could ever run, or larger than the project's quota lets it
+    hold at once, as a job's; then keep the desired state."""
+    project, _ = access(session, actor, spec.project, ProjectRole.member)
+    writable(project)
+    if unix_users and actor.name not in unix_users:
+        raise Forbidden("error.no_unix_user", name=actor.name)
+    template = spec.template
+    check_runnable(template, nodes)
+    check_quota(template, project, nodes)
+    taken = select(Deployment.id).where(
+        Deployment.project_id == project.id, Deployment.name == spec.name
+    )
+    if session.scalar(taken) is not None:
+        raise Conflict("error.deployment_exists", field="name", name=spec.name)
+    kept = template.model_dump(mode="json")
+    deployment = Deployment(
+        kind=replica.KIND.name,
+        name=spec.name,
+        project=project,
+        user_id=actor.account.id,
+        user_name=actor.name,
+        template=kept,
+        spec_version=replica.KIND.version,
+        request=demand.of(template),
+        replicas=spec.replicas,
+        state=ACTIVE_STATE,
+    )
+    session.add(deployment)
+    session.flush()
+    _audit(session, actor, "deployment.create", deployment, replicas=spec.replicas)
+    commit(session, "error.deployment_exists", field="name", name=spec.name)
+    return deployment
+
+
+def list_deployments(
+    session: Session, actor: Actor, query: DeploymentListQuery
+) -> Sequence[Deployment]:
+    statement = (
+        select(Deployment).options(selectinload(Deployment.project)).order_by(Deployment.id.desc())
+    )
+    if not actor.is_admin:
+        mine = select(Membership.project_id).where(Membership.user_id == actor.account.id)
+        statement = statement.where(Deployment.project_id.in_(mine))
+    if query.project:
+        statement = statement.join(Project).where(Project.name == query.project)
+    if query.state:
+        statement = statement.where(Deployment.state == query.state)
+    return session.scalars(statement).all()
+
+
+def get(
+    session: Session, actor: Actor, deployment_id: int, need: ProjectRole = ProjectRole.viewer
+) -> Deployment:
+    deployment = session.get(Deployment, deployment_id, options=[selectinload(Deployment.project)])
+    missing = NotFound("error.deployment_not_found", id=deployment_id)
+    if deployment is None:
+        raise missing
+    try:
+        access(session, actor, deployment.project.name, need)
+    except NotFound:
+        raise missing from None
+    return deployment
+
+
+def counts(session: Session, deployment_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Live replicas per deployment: running, and on their way (pending to starting)."""
+    rows = session.execute(
+        select(Job.deployment_id, Job.state, func.count())
+        .where(Job.deployment_id.in_(deployment_ids), Job.state.in_(LIVE))
+        .group_by(Job.deployment_id, Job.state)
+    ).all()
+    result = {i: {"running": 0, "starting": 0} for i in deployment_ids}
+    for deployment_id, state, number in rows:
+        key = "running" if state == State.running else "starting"
+        result[deployment_id][key] += number
+    return result
+
+
+def replicas_of(session: Session, deployment: Deployment, limit: int = 50) -> Sequence[Job]:
+    """Its replicas, newest first: the live ones and the last that ended."""
+    return session.scalars(
+        select(Job)
+        .options(selectinload(Job.project))
+        .where(Job.deployment_id == deployment.id)
+        .order_by(Job.id.desc())
+        .limit(limit)
+    ).all()
+
+
+def scale(session: Session, actor: Actor, deployment_id: int, replicas: int) -> Deployment:
+    deployment = _managed(session, actor, deployment_id)
+    writable(deployment.project)
+    before = deployment.replicas
+    deployment.replicas = replicas
+    _audit(session, actor, "deployment.scale", deployment, replicas=replicas, before=before)
+    commit(session, "error.conflict")
+    return deployment
+
+
+def stop(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+    """No replicas wanted: the controller stops them all; the template stays."""
+    deployment = _managed(session, actor, deployment_id)
+    if deployment.state != STOPPED:
+        deployment.state = STOPPED
+        _audit(session, actor, "deployment.stop", deployment)
+        commit(session, "error.conflict")
+    return deployment
+
+
+def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+    """Wanted again, as many as before; the backoff of earlier failures is forgotten."""
+    deployment = _managed(session, actor, deployment_id)
+    writable(deployment.project)
+    if deployment.state != ACTIVE_STATE:
+        deployment.state = ACTIVE_STATE
+        deployment.failures, deployment.next_start_at = 0, None
+        _audit(session, actor, "deployment.start", deployment)
+        commit(session, "error.conflict")
+    return deployment
+
+
+def remove(session: Session, actor: Actor, deployment_id: int) -> None:
+    """Forget a stopped deployment whose replicas have all ended (their rows go with it)."""
+    deployment = _managed(session, actor, deployment_id)
+    live = select(Job.id).where(Job.deployment_id == deployment.id, Job.state.in_(LIVE))
+    if deployment.state != STOPPED or session.scalar(live.limit(1)) is not None:
+        raise Conflict("error.deployment_not_stopped", name=deployment.name)
+    _audit(session, actor, "deployment.remove", deployment)
+    session.delete(deployment)
+    commit(session, "error.conflict")
+
+
+def _managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+    deployment = get(session, actor, deployment_id)
+    if actor.is_admin or deployment.user_id == actor.account.id:
+        return deployment
+    _, role = access(session, actor, deployment.project.name)
+    if role != ProjectRole.owner:
+        raise Forbidden("error.deployment_not_yours")
+    return deployment
+
+
+def _audit(
+    session: Session, actor: Actor, action: str, deployment: Deployment, **detail: object
+) -> None:
+    audit.record(
+        session,
+        actor,
+        action,
+        target_type="deployment",
+        target=deployment.name,
+        project=deployment.project,
+        detail=dict(detail),
+    )
