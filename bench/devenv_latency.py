@@ -55,7 +55,8 @@ from suanli.devenvs import endpoints
 from suanli.devenvs.endpoints import Endpoints
 
 # The tools' own speed, not isolation's: the agent runs as the server's user (as root, the
-# default install would need an interpreter every account can run; README, "Security model").
+# default install would need an interpreter every account can run; docs/admin-guide.md,
+# "Security model").
 SETTINGS = {**EIGHT_A100S, "SUANLI_SSH_PORT": "0", "SUANLI_WORKLOAD_IDENTITY": "server"}
 TOOLS = ["jupyter", "terminal"]
 STATE_POLL = 0.01

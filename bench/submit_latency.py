@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=200, help="concurrent submits timed")
     args = parser.parse_args()
     # Where the jobs' own accounts may reach their folders (the default install, as root,
-    # runs each user's jobs as their own account; see README, "Security model").
+    # runs each user's jobs as their own account; see docs/admin-guide.md, "Security model").
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
         Path(folder).chmod(0o755)
         work = {"SUANLI_WORK_DIR": str(Path(folder) / "work")}

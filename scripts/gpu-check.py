@@ -1,9 +1,9 @@
 """What only a real NVIDIA GPU can show about workload isolation, in one run (as root).
 
-Fractional jobs now run as their users' own Unix accounts (README, "Security model"): the
-local backend starts one MPS control daemon per shared GPU as root, and CUDA's MPS starts an
-MPS server as the first client's user. This runs, through the real LocalBackend, NVML and
-MPS:
+Fractional jobs now run as their users' own Unix accounts (docs/admin-guide.md, "Security
+model"): the local backend starts one MPS control daemon per shared GPU as root, and CUDA's
+MPS starts an MPS server as the first client's user. This runs, through the real
+LocalBackend, NVML and MPS:
 
 1. two fractions of account A side by side on one GPU (one MPS server, A's), each within its
    memory share, and one asking for more than its share, refused by MPS;

@@ -35,7 +35,8 @@ class SimulatedGpus(BaseModel):
 
 
 class SlurmSettings(BaseModel):
-    """How to reach a Slurm cluster (backend = "slurm"). See docs in README, "Slurm"."""
+    """How to reach a Slurm cluster (backend = "slurm"). See docs/admin-guide.md, "Slurm:
+    more than one server"."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -97,8 +98,8 @@ class Settings(BaseSettings):
     # Used only where NVML finds no GPU.
     simulated_gpus: list[SimulatedGpus] = Field(default_factory=list)
 
-    # Whose Unix identity workloads run under (README, "Security model"). "own": when the
-    # server runs as root, each user's workloads run as that user's own Unix account —
+    # Whose Unix identity workloads run under (docs/admin-guide.md, "Security model"). "own":
+    # when the server runs as root, each user's workloads run as that user's own Unix account —
     # unix_users[U] where mapped, else an account the server creates itself (sl-<user>, home
     # under unix_home_root) — never as root and never as the server's user. A server that is
     # not root cannot switch users: its workloads run as its own user and nothing isolates

@@ -4,7 +4,7 @@
 it passes `faults.point("launch.launched_one")`. A variable of the server's own environment,
 read once; unset (always, outside tests) a point costs one dictionary lookup. The tests use it
 to prove that a server killed at any step of a launch restarts into a consistent state
-(tests/test_crash_launch.py).
+(tests/hardening/test_crash_launch.py).
 """
 
 import os

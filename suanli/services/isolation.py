@@ -1,6 +1,6 @@
 """What isolates workloads from the platform on this server, checked at start.
 
-`secure` makes the platform's own files private (README, "Security model"): the data
+`secure` makes the platform's own files private (docs/admin-guide.md, "Security model"): the data
 directory 0700, the database, its journals, the SSH keys and the configuration file 0600;
 what was more open is tightened and logged. `assess` says what does not hold here, for the log
 and for the banner that administrators see on every console page.

@@ -4,7 +4,7 @@ Workloads run code nobody reviewed. What keeps it away from the platform's state
 directory, 0700, and the database and keys in it, 0600) and from other users' workloads is the
 kernel's own rule: a process of one Unix user can read neither the files nor the processes
 (`/proc/<pid>/environ`, signals, ptrace) of another. So, when the server runs as root, every
-Suanli user's workloads run as that user's own Unix account (README, "Security model"):
+Suanli user's workloads run as that user's own Unix account (docs/admin-guide.md, "Security model"):
 
 - the account `unix_users[user]` where the administrator mapped one (an existing account,
   e.g. from LDAP; on Slurm the cluster's accounts);

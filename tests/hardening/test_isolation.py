@@ -1,5 +1,5 @@
-"""The default install attacked as an untrusted tenant would attack it (README, "Security
-model"): a server started as root with no configuration but where its folders go. Every
+"""The default install attacked as an untrusted tenant would attack it (docs/admin-guide.md,
+"Security model"): a server started as root with no configuration but where its folders go. Every
 attack here worked before workloads ran as their users' own accounts: a member's job read
 the database, the SSH keys, the administrator's password from its wrapper's environment and
 another tenant's log, and SSH into one's own dev environment gave uid 0.
