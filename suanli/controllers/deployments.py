@@ -11,7 +11,6 @@ It launches nothing itself: new replicas are pending rows that the workload cont
 schedules and launches like any workload.
 """
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +23,8 @@ from sqlalchemy.orm import Session
 from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
 from suanli.db.models import Deployment, Job
+from suanli.kinds import demand
 from suanli.services.jobs import note
-
-log = logging.getLogger("suanli.controllers.deployments")
 
 INTERVAL = 2.0
 HEALTHY_SECONDS = 60.0
@@ -70,11 +68,13 @@ def plan(wanted: int, replicas: Sequence[Replica], now: float) -> Plan:
     missing = wanted - len(live)
     if not missing or not failures:
         return Plan(missing, (), failures, None)
+    if any(r.state != State.running for r in live):
+        return Plan(0, (), failures, None)  # after failures: one replacement at a time
     last_end = ended[0].finished_at or now
     next_start = float(math.ceil(last_end + backoff(failures)))  # whole seconds: kept as shown
     if now < next_start:
         return Plan(0, (), failures, next_start)
-    return Plan(1, (), failures, None)  # after failures: one at a time
+    return Plan(1, (), failures, None)
 
 
 def backoff(failures: int) -> float:
@@ -182,7 +182,7 @@ def _replica(deployment: Deployment) -> Job:
         spec_version=deployment.spec_version,
         request=dict(deployment.request),
         priority=str(deployment.template.get("priority", "normal")),
-        gpus=float(deployment.request.get("gpus", 0) * deployment.request.get("nodes", 1)),
+        gpus=demand.waiting_gpus(deployment.request),
         state=State.pending,
         deployment=deployment,
     )

@@ -62,6 +62,14 @@ def of(spec: Any) -> dict[str, Any]:
     }
 
 
+def waiting_gpus(kept: Mapping[str, Any]) -> float:
+    """The GPUs a workload shows before it is admitted: whole GPUs times nodes (a fraction
+    shows none); at admission the scheduler's charge replaces it (`Admission.charge`)."""
+    gpus, nodes = kept.get("gpus", 0), kept.get("nodes", 1)
+    numbers = isinstance(gpus, int) and isinstance(nodes, int)
+    return float(gpus * nodes) if numbers else 0.0
+
+
 def read(data: Mapping[str, Any] | None) -> Demand:
     """A kept demand; Unreadable, naming the field, when it is missing or malformed."""
     if not isinstance(data, Mapping):

@@ -153,6 +153,7 @@ def submit(
     check_runnable(spec, nodes)
     check_quota(spec, project, nodes)
     kept = stored or spec.model_dump(mode="json")
+    wanted = demand.of(kind.load(kept, kind.version))
     job = Job(
         kind=kind.name,
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
@@ -161,9 +162,9 @@ def submit(
         name=spec.name,
         spec=kept,
         spec_version=kind.version,
-        request=demand.of(kind.load(kept, kind.version)),
+        request=wanted,
         priority=spec.priority,
-        gpus=float(spec.resources.gpus * spec.resources.nodes),
+        gpus=demand.waiting_gpus(wanted),
         state=State.pending,
     )
     note(job, "event.submitted")
