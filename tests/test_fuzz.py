@@ -32,6 +32,7 @@ RULES_BEYOND_THE_SCHEMA = {
     "GET /api/v1/metrics/query",
     "POST /api/v1/jobs",
     "POST /api/v1/devenvs",
+    "POST /api/v1/deployments",
     "POST /api/v1/me/ssh-keys",
     "POST /api/v1/me/password",
     "POST /api/v1/users",

@@ -132,31 +132,38 @@ def test_the_public_list_is_not_stale(app_and_database) -> None:
 
 SIMULATED_GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 2**30}])
 # Routes of one object of the planted project: a stranger gets 404, as for nothing there.
-OBJECT_ROUTE = re.compile(r"^(/api/v1)?/(projects/\{name\}|jobs/\{job_id\}|devenvs/\{env_id\})")
+OBJECT_ROUTE = re.compile(
+    r"^(/api/v1)?/(projects/\{name\}|jobs/\{job_id\}|devenvs/\{env_id\}"
+    r"|deployments/\{deployment_id\})"
+)
 
 
 @dataclass
 class Planted:
-    """A project of someone else's, with a failed job (its alert fired), a job on a GPU and
-    a waiting dev environment; a silence and an alert rule that name the project."""
+    """A project of someone else's, with a failed job (its alert fired), a job on a GPU, a
+    waiting dev environment and a deployment with a replica; a silence and an alert rule that
+    name the project."""
 
     project: str
     owner: str
     failed: int
     running: int
     env: int
+    deployment: int
+    replica: int
     gpu: str
     node: str
     names: tuple[str, ...]  # every name a stranger must never read
 
     @property
     def ids(self) -> tuple[int, ...]:
-        return (self.failed, self.running, self.env)
+        return (self.failed, self.running, self.env, self.deployment, self.replica)
 
 
 def plant(url: str, admin: httpx.Client) -> Planted:
     project, owner = unique("secretproj"), unique("secretuser")
     failing, running_name, env_name = unique("secretjob"), unique("secretrun"), unique("secretenv")
+    deployment_name = unique("secretdeploy")
     created = admin.post("/api/v1/users", json={"name": owner, "password": f"{owner}-pw"})
     assert created.status_code == 201, created.text
     created = admin.post("/api/v1/projects", json={"name": project, "owner": owner})
@@ -177,6 +184,14 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         "/api/v1/devenvs", {"name": env_name, "tools": ["terminal"], "resources": {"gpus": 2}}
     )
     placement = theirs.get(f"/api/v1/jobs/{running['id']}").json()["placement"]
+    template = {"command": ["sleep", "600"], "resources": {"cpus": 0.1, "memory": "64Mi"}}
+    deployment = made("/api/v1/deployments", {"name": deployment_name, "template": template})
+
+    def replicas() -> list:
+        return theirs.get(f"/api/v1/deployments/{deployment['id']}").json()["workloads"]
+
+    wait_for(replicas)
+    replica = replicas()[0]["id"]
 
     def fired() -> bool:
         events = admin.get("/api/v1/alerts").json()
@@ -196,9 +211,11 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         failed=failed["id"],
         running=running["id"],
         env=env["id"],
+        deployment=deployment["id"],
+        replica=replica,
         gpu=placement["gpus"][0]["uuid"],
         node=placement["node"],
-        names=(project, owner, failing, running_name, env_name),
+        names=(project, owner, failing, running_name, env_name, deployment_name),
     )
 
 
@@ -229,6 +246,8 @@ def path_values(path: str, planted: Planted) -> dict[str, str]:
         "job_id": str(planted.failed),
         "env_id": str(planted.env),
         "env_id:int": str(planted.env),
+        "deployment_id": str(planted.deployment),
+        "replica_id": str(planted.replica),
         "uuid": planted.gpu,
         "tool": "terminal",
         "path:path": "",
@@ -253,6 +272,8 @@ def queries(path: str, planted: Planted) -> list[dict[str, str]]:
         return [q for m in METRICS for q in ({"metric": m}, {"metric": m, "label": job})]
     if path in ("/api/v1/jobs", "/jobs", "/api/v1/devenvs", "/devenvs"):
         return [{}, {"project": planted.project}, {"user": planted.owner}]
+    if path in ("/api/v1/deployments", "/deployments"):
+        return [{}, {"project": planted.project}]
     if path in ("/api/v1/audit", "/admin/audit"):
         return [{}, {"project": planted.project}, {"actor": planted.owner}]
     if path == "/api/v1/alerts":
@@ -270,7 +291,7 @@ def leaks(text: str, supplied: list[str], planted: Planted) -> list[str]:
     for job_id in planted.ids:
         reference = (
             rf'"job":\s*"{job_id}"|"job_id":\s*{job_id}\b|job=(?:"|&#34;|&quot;)?{job_id}\b'
-            rf"|/(?:jobs|devenvs)/{job_id}\b"
+            rf"|/(?:jobs|devenvs|deployments|replicas)/{job_id}\b"
         )
         found += re.findall(reference, text)
     return found

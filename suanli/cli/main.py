@@ -16,6 +16,7 @@ from suanli import __version__
 from suanli.cli import (
     audit,
     config,
+    deployments,
     envs,
     jobs,
     monitoring,
@@ -60,6 +61,7 @@ app.command("run", context_settings={"allow_interspersed_args": False})(jobs.run
 app.command("submit")(jobs.submit)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(envs.app, name="envs")
+app.add_typer(deployments.app, name="deployments")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(nodes.gpus_app, name="gpus")
 app.command("alerts")(monitoring.alerts)

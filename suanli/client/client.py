@@ -11,6 +11,12 @@ from pydantic import TypeAdapter
 
 from suanli.core.roles import ProjectRole
 from suanli.schemas.accounts import LoginResponse, TokenCreated, TokenOut, UserOut
+from suanli.schemas.deployments import (
+    DeploymentDetailOut,
+    DeploymentListQuery,
+    DeploymentOut,
+    DeploymentSpec,
+)
 from suanli.schemas.devenvs import (
     DevEnvDetailOut,
     DevEnvListQuery,
@@ -70,6 +76,7 @@ class Client:
         self.metrics = Metrics(self)
         self.alerts = Alerts(self)
         self.devenvs = DevEnvs(self)
+        self.deployments = Deployments(self)
         self.ssh_keys = SshKeys(self)
 
     def __enter__(self) -> Client:
@@ -381,6 +388,71 @@ class DevEnvs(_Group):
     ) -> Iterator[str]:
         """Yield the environment's log as it arrives, until it has stopped."""
         return _follow(self.logs, env_id, tail, poll_seconds)
+
+
+class Deployments(_Group):
+    """Deployments: a replica template kept running `replicas` times; replicas that end by
+    themselves are replaced (after a backoff while they keep failing)."""
+
+    def create(self, spec: DeploymentSpec | dict[str, Any]) -> DeploymentDetailOut:
+        """Create one from a spec (the same schema as a YAML deployment file)."""
+        body = (
+            spec.model_dump(mode="json", exclude_none=True)
+            if isinstance(spec, DeploymentSpec)
+            else spec
+        )
+        data = self._client.request("POST", "deployments", json=body)
+        return DeploymentDetailOut.model_validate(data)
+
+    def list(self, query: DeploymentListQuery | None = None, **filters: Any) -> list[DeploymentOut]:
+        """Newest first. Filters: `project`, `state` (`active` or `stopped`)."""
+        query = query or DeploymentListQuery(**filters)
+        params = query.model_dump(mode="json", exclude_none=True)
+        return self._client.get("deployments", list[DeploymentOut], **params)
+
+    def get(self, deployment_id: int) -> DeploymentDetailOut:
+        """With its template and its replicas, newest first."""
+        return self._client.get(f"deployments/{deployment_id}", DeploymentDetailOut)
+
+    def scale(self, deployment_id: int, replicas: int) -> DeploymentDetailOut:
+        body = {"replicas": replicas}
+        data = self._client.request("POST", f"deployments/{deployment_id}/scale", json=body)
+        return DeploymentDetailOut.model_validate(data)
+
+    def stop(self, deployment_id: int) -> DeploymentDetailOut:
+        """Stop every replica; `start` brings it back with as many as before."""
+        data = self._client.request("POST", f"deployments/{deployment_id}/stop")
+        return DeploymentDetailOut.model_validate(data)
+
+    def start(self, deployment_id: int) -> DeploymentDetailOut:
+        data = self._client.request("POST", f"deployments/{deployment_id}/start")
+        return DeploymentDetailOut.model_validate(data)
+
+    def remove(self, deployment_id: int) -> None:
+        """Forget a stopped deployment whose replicas have all ended."""
+        self._client.request("DELETE", f"deployments/{deployment_id}")
+
+    def logs(
+        self, deployment_id: int, replica_id: int, *, offset: int = 0, tail: int | None = None
+    ) -> LogChunkOut:
+        """A replica's output, as `jobs.logs` gives a job's."""
+        path = f"deployments/{deployment_id}/replicas/{replica_id}/logs"
+        return self._client.get(path, LogChunkOut, offset=offset, tail=tail)
+
+    def follow(
+        self,
+        deployment_id: int,
+        replica_id: int,
+        *,
+        tail: int | None = None,
+        poll_seconds: float = 0.5,
+    ) -> Iterator[str]:
+        """Yield a replica's output as it arrives, until the replica has ended."""
+
+        def logs(item_id: int, **given: Any) -> LogChunkOut:
+            return self.logs(deployment_id, item_id, **given)
+
+        return _follow(logs, replica_id, tail, poll_seconds)
 
 
 class SshKeys(_Group):

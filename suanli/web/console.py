@@ -12,6 +12,7 @@ from suanli.web.routes import (
     account,
     admin,
     auth,
+    deployments,
     devenvs,
     jobs,
     monitoring,
@@ -37,5 +38,16 @@ def error_page(request: Request, status: int, detail: str) -> Response | None:
 
 
 def install(app: FastAPI) -> None:
-    for module in (auth, overview, jobs, devenvs, nodes, monitoring, projects, admin, account):
+    for module in (
+        auth,
+        overview,
+        jobs,
+        devenvs,
+        deployments,
+        nodes,
+        monitoring,
+        projects,
+        admin,
+        account,
+    ):
         app.include_router(module.router)
