@@ -60,7 +60,7 @@ def plan(wanted: int, replicas: Sequence[Replica], now: float) -> Plan:
         key=lambda r: (r.finished_at, r.id),
         reverse=True,
     )
-    failures = _streak(ended)
+    failures = _streak(ended, live, now)
     if len(live) > wanted:
         # The not yet running go first, then the youngest.
         order = sorted(live, key=lambda r: (r.state == State.running, -r.id))
@@ -81,9 +81,19 @@ def backoff(failures: int) -> float:
     return min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (failures - 1))
 
 
-def _streak(ended: Sequence[Replica]) -> int:
+def _streak(ended: Sequence[Replica], live: Sequence[Replica], now: float) -> int:
     """Replicas that ended by themselves, newest first, until one that was stopped on
-    purpose or had run long enough to count as healthy."""
+    purpose or had run long enough to count as healthy. A replica started since the last of
+    them that has now run that long ends the streak too."""
+    last_end = ended[0].finished_at if ended else None
+    if last_end is not None and any(
+        r.state == State.running
+        and r.started_at is not None
+        and r.started_at >= last_end
+        and now - r.started_at >= HEALTHY_SECONDS
+        for r in live
+    ):
+        return 0
     count = 0
     for replica in ended:
         if replica.stop_reason:

@@ -12,17 +12,18 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from suanli.core.errors import Conflict, Forbidden, NotFound
+from suanli.config import Settings
+from suanli.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from suanli.core.roles import ProjectRole
 from suanli.core.states import ACTIVE, State
 from suanli.db.models import Deployment, Job, Membership, Project
 from suanli.kinds import demand, replica
 from suanli.scheduler import model as sched
 from suanli.schemas.deployments import DeploymentListQuery, DeploymentSpec
-from suanli.services import audit
+from suanli.services import audit, jobs
 from suanli.services.actor import Actor
 from suanli.services.common import commit
-from suanli.services.jobs import check_quota, check_runnable
+from suanli.services.jobs import check_quota, check_runnable, remove_folders
 from suanli.services.projects import access, writable
 
 ACTIVE_STATE, STOPPED = "active", "stopped"
@@ -43,8 +44,12 @@ def create(
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
     template = spec.template
-    check_runnable(template, nodes)
-    check_quota(template, project, nodes)
+    try:
+        check_runnable(template, nodes)
+        check_quota(template, project, nodes)
+    except InvalidInput as error:  # the template's fields, as the request names them
+        error.field = f"template.{error.field}" if error.field else "template"
+        raise
     taken = select(Deployment.id).where(
         Deployment.project_id == project.id, Deployment.name == spec.name
     )
@@ -157,15 +162,29 @@ def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     return deployment
 
 
-def remove(session: Session, actor: Actor, deployment_id: int) -> None:
-    """Forget a stopped deployment whose replicas have all ended (their rows go with it)."""
+def remove(session: Session, actor: Actor, deployment_id: int, settings: Settings) -> None:
+    """Forget a stopped deployment whose replicas have all ended: their rows go with it, and
+    their folders (logs, the backend's state) after the commit."""
     deployment = _managed(session, actor, deployment_id)
     live = select(Job.id).where(Job.deployment_id == deployment.id, Job.state.in_(LIVE))
     if deployment.state != STOPPED or session.scalar(live.limit(1)) is not None:
         raise Conflict("error.deployment_not_stopped", name=deployment.name)
+    replica_ids = session.scalars(select(Job.id).where(Job.deployment_id == deployment.id)).all()
     _audit(session, actor, "deployment.remove", deployment)
     session.delete(deployment)
     commit(session, "error.conflict")
+    for replica_id in replica_ids:
+        remove_folders(settings, replica_id)
+
+
+def find_replica(session: Session, actor: Actor, deployment_id: int, replica_id: int) -> Job:
+    """A replica of this deployment, if the actor may see the deployment: one of another
+    deployment (or no replica at all) is a 404 as for a replica that does not exist."""
+    deployment = get(session, actor, deployment_id)
+    found = jobs.get_job(session, actor, replica_id, kind=replica.KIND.name, history=False)
+    if found.deployment_id != deployment.id:
+        raise NotFound("error.replica_not_found", id=replica_id)
+    return found
 
 
 def _managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:

@@ -10,7 +10,6 @@ too where the project allows it. Administrators manage environments (stop, remov
 not enter other people's shells.
 """
 
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +160,7 @@ def remove(session: Session, actor: Actor, env_id: int, settings: Settings) -> N
     )
     session.delete(job)
     commit(session, "error.conflict")
-    for folder in (jobs.job_dir(settings, env_id), jobs.work_folder(settings, env_id)):
-        shutil.rmtree(folder, ignore_errors=True)  # never follows the user's links
+    jobs.remove_folders(settings, env_id)
 
 
 def may_enter(session: Session, actor: Actor, job: Job) -> None:

@@ -7,6 +7,7 @@ cancel it. Everyone else gets 404 for the project's jobs.
 """
 
 import os
+import shutil
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,13 @@ def work_folder(settings: Settings, job_id: int) -> Path:
     """A workload's own folder, owned by its Unix account: its script, its log, a dev
     environment's endpoints; its working directory unless it names one."""
     return settings.effective_work_dir / str(job_id)
+
+
+def remove_folders(settings: Settings, job_id: int) -> None:
+    """A forgotten workload's files: the platform's and its own folder (never following the
+    links its user may have put there)."""
+    for folder in (job_dir(settings, job_id), work_folder(settings, job_id)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def log_path(settings: Settings, job_id: int) -> Path:
