@@ -236,9 +236,6 @@ class WorkloadController:
                     Job.state,
                     Job.stop_reason,
                     Job.placement,
-                    Job.spec,
-                    Job.spec_version,
-                    Job.request,
                     Job.priority,
                     Job.user_name,
                     Job.submitted_at,
@@ -253,13 +250,14 @@ class WorkloadController:
             ).all()
             nodes = scheduler_nodes(session)
             quotas = _quotas(session)
+            kept = _kept(session, [row.id for row in active if row.id not in self._demands])
         self._forget({row.id for row in active})
         places_work = self.backend.capabilities.places_work
         unreadable: dict[int, str] = {}
         workloads: dict[int, sched.Workload] = {}
         for row in active:
             try:
-                workloads[row.id] = self._workload(row)
+                workloads[row.id] = self._workload(row, kept)
             except Unreadable as error:  # failed below; the rest of the queue goes on
                 unreadable[row.id] = str(error)
         pending = tuple(
@@ -337,8 +335,8 @@ class WorkloadController:
             session.commit()
         return admitted
 
-    def _workload(self, row: Any) -> sched.Workload:
-        wanted = self._demand(row)
+    def _workload(self, row: Any, kept: dict[int, Any]) -> sched.Workload:
+        wanted = self._demand(row, kept)
         placement = None
         if row.placement and not self.backend.capabilities.places_work:  # an engine's: for people
             placement = _placement(row.placement)
@@ -356,17 +354,21 @@ class WorkloadController:
             identity=unixaccounts.account_of(self.settings, row.user_name) or "",
         )
 
-    def _demand(self, row: Any) -> Demand:
-        """What the workload asks of the scheduler, as kept at submit; read once, not on
-        every cycle. A row from before it was kept gets it derived from its spec here, and
-        kept by this cycle's write. Unreadable when neither can be read."""
+    def _demand(self, row: Any, kept: dict[int, Any]) -> Demand:
+        """What the workload asks of the scheduler, as kept at submit; read once, when the
+        workload is first seen (`kept`), not on every cycle. A row from before it was kept
+        gets it derived from its spec here, and kept by this cycle's write. Unreadable when
+        neither can be read."""
         if row.id not in self._demands:
-            kind_of(row.kind)  # a kind this server does not know is not scheduled
-            kept = row.request
-            if kept is None:
-                kept = demand.of(kind_of(row.kind).load(row.spec, row.spec_version))
-                self._demand_json[row.id] = kept
-            self._demands[row.id] = demand.read(kept)
+            kind = kind_of(row.kind)  # a kind this server does not know is not scheduled
+            stored = kept.get(row.id)
+            if stored is None:
+                raise Unreadable("the row changed while it was read")
+            request = stored.request
+            if request is None:
+                request = demand.of(kind.load(stored.spec, stored.spec_version))
+                self._demand_json[row.id] = request
+            self._demands[row.id] = demand.read(request)
         return self._demands[row.id]
 
     def _keep_derived(self, session: Session, derived: dict[int, dict[str, Any]]) -> None:
@@ -492,6 +494,19 @@ class WorkloadController:
 
 def _load(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id, options=[selectinload(Job.project)])
+
+
+def _kept(session: Session, job_ids: list[int]) -> dict[int, Any]:
+    """The kept requests (and specs, for rows kept without one) of workloads seen for the
+    first time: the cycle decodes no JSON for the others."""
+    found: dict[int, Any] = {}
+    for start in range(0, len(job_ids), 5000):  # within every database's parameter limits
+        chunk = job_ids[start : start + 5000]
+        rows = session.execute(
+            select(Job.id, Job.request, Job.spec, Job.spec_version).where(Job.id.in_(chunk))
+        ).all()
+        found.update((row.id, row) for row in rows)
+    return found
 
 
 def _retries(job: Job) -> int:

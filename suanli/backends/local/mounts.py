@@ -14,10 +14,13 @@ host, e.g. over /etc. Python 3.11 has no os.unshare and no os.mount: libc throug
 """
 
 import contextlib
-import ctypes
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a job has mounts: every wrapper would pay for it
+    import ctypes
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1
@@ -67,7 +70,9 @@ def _check(source: str, target: str) -> None:
         raise MountError("a mount cannot cover the root directory /")
 
 
-def _libc() -> ctypes.CDLL:
+def _libc() -> "ctypes.CDLL":
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = (
         ctypes.c_char_p,
@@ -82,11 +87,13 @@ def _libc() -> ctypes.CDLL:
 
 def _call(result: int, what: str) -> None:
     if result != 0:
+        import ctypes
+
         number = ctypes.get_errno()
         raise MountError(f"{what}: {os.strerror(number)}")
 
 
-def _bind(libc: ctypes.CDLL, source: str, target: str) -> None:
+def _bind(libc: "ctypes.CDLL", source: str, target: str) -> None:
     cannot = f"cannot mount {source} at {target}"
     name = [part for part in target.split("/") if part][-1]
     with contextlib.ExitStack() as opened:
