@@ -209,7 +209,9 @@ def main() -> None:
     parser.add_argument("--pending", type=int, nargs="*", default=[100, 1000, 10000])
     parser.add_argument("--running", type=int, default=None, help="default: 5 per node, ≤ 5000")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--no-place", action="store_true", help="also time admission only (places_work=True)")
+    parser.add_argument(
+        "--no-place", action="store_true", help="also time admission only (places_work=True)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
