@@ -1,10 +1,12 @@
-"""The workload controller: follows running jobs, stops what was asked to stop, schedules,
-and launches what the scheduler admitted.
+"""The workload controller: follows running workloads, stops what was asked to stop,
+schedules, and launches what the scheduler admitted. It knows workloads of every kind only
+through the kinds registry (how one launches, its own stop reasons) and the scheduler request
+kept at submit (suanli.kinds.demand); it never names a kind.
 
-Each side effect is bracketed by database writes: a job is `starting` (and its attempt
+Each side effect is bracketed by database writes: a workload is `starting` (and its attempt
 counted) before the backend launches it, and gets its handle right after. A server killed in
-between finds a `starting` job without a handle and fails it as lost instead of launching it
-a second time.
+between finds a `starting` row without a handle and adopts it: the backend's launch is
+idempotent for one attempt, so it is neither lost nor started twice.
 """
 
 import logging
