@@ -63,7 +63,13 @@ class Runtime:
         leases = Leases(database)
         controllers: list[Ticking] = [
             self.inventory,
-            WorkloadController(settings, database, backend, self.platform.scheduler_cycle),
+            WorkloadController(
+                settings,
+                database,
+                backend,
+                self.platform.scheduler_cycle,
+                replica_ended=lambda: self.wake(DeploymentController.name),
+            ),
             self.metrics,
             NotifierController(settings, database),
             DeploymentController(database, self.wake),

@@ -11,6 +11,7 @@ idempotent for one attempt, so it is neither lost nor started twice.
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +59,10 @@ class WorkloadController:
         database: Database,
         backend: Backend,
         cycle_times: Histogram | None = None,
+        replica_ended: Callable[[], None] | None = None,
     ):
+        """`replica_ended`: called after a tick in which a deployment's workload ended, so
+        that its deployment replaces it at once rather than at its next tick."""
         self.settings = settings
         self.database = database
         self.backend = backend
@@ -69,6 +73,8 @@ class WorkloadController:
         self._demands: dict[int, Demand] = {}
         # Derived this cycle for rows from before requests were kept: written back with it.
         self._demand_json: dict[int, dict[str, Any]] = {}
+        self.replica_ended = replica_ended
+        self._replica_ended = False
 
     def tick(self) -> None:
         self.follow()
@@ -78,6 +84,9 @@ class WorkloadController:
         if self.cycle_times is not None:
             self.cycle_times.observe(time.perf_counter() - started)
         self.launch(admitted)
+        if self._replica_ended and self.replica_ended is not None:
+            self.replica_ended()
+        self._replica_ended = False
 
     # 1. Follow what runs: re-adopts jobs after a restart, records how they ended.
     def follow(self) -> None:
@@ -168,6 +177,7 @@ class WorkloadController:
             job.started_at = datetime.fromtimestamp(status.started_at, UTC)
 
     def _ended(self, job: Job, exit: ExitStatus) -> None:
+        self._replica_ended = self._replica_ended or job.deployment_id is not None
         self._record_exit(job, exit)
         if job.state in TERMINAL and exit.ended_at:  # not the time we learnt it
             job.finished_at = datetime.fromtimestamp(exit.ended_at, UTC)
