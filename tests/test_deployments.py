@@ -110,6 +110,7 @@ def test_replicas_follow_scale_are_replaced_stop_and_go(
     listed = {d.id: d for d in admin.deployments.list(project=project)}
     assert (listed[deployment_id].running, listed[deployment_id].replicas) == (1, 1)
     assert listed[deployment_id].failures == 0
+    assert listed[deployment_id].health == "ready"
 
     # A replica killed from outside is replaced by a new one; the failure is counted.
     (survivor,) = in_state(admin, deployment_id, "running")
@@ -133,6 +134,7 @@ def test_replicas_follow_scale_are_replaced_stop_and_go(
         what="all replicas ended",
     )
     assert admin.deployments.get(deployment_id).running == 0
+    assert admin.deployments.get(deployment_id).health == "stopped"
     auth = {"Authorization": f"Bearer {admin.token}"}
     removed = httpx.delete(f"{server.url}/api/v1/deployments/{deployment_id}", headers=auth)
     assert removed.status_code == 204, removed.text

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 
 from suanli.api.outputs import job_out
 from suanli.db.models import Deployment
-from suanli.schemas.deployments import DeploymentDetailOut, DeploymentOut
+from suanli.schemas.deployments import DeploymentDetailOut, DeploymentOut, Health
 from suanli.services import deployments
 
 
 def deployment_out(deployment: Deployment, counted: dict[str, int]) -> DeploymentOut:
     """`counted`: its live replicas, as `services.deployments.counts` gives them."""
+    running, starting = counted.get("running", 0), counted.get("starting", 0)
     return DeploymentOut(
         id=deployment.id,
         name=deployment.name,
@@ -22,11 +23,12 @@ def deployment_out(deployment: Deployment, counted: dict[str, int]) -> Deploymen
         user=deployment.user_name,
         state=deployment.state,
         replicas=deployment.replicas,
-        running=counted.get("running", 0),
-        starting=counted.get("starting", 0),
+        running=running,
+        starting=starting,
         failures=deployment.failures,
         next_start_at=deployment.next_start_at,
         created_at=deployment.created_at,
+        health=health(deployment, running, starting),
     )
 
 
@@ -49,16 +51,15 @@ def deployment_detail_out(
     )
 
 
-def health(deployment: DeploymentOut) -> str:
+def health(deployment: Deployment, running: int, starting: int) -> Health:
     """One word for how it is doing, as the lists show and colour it: `ready` (all wanted
     replicas run), `starting` (some are on their way), `failing` (fewer run than wanted, and
     replicas keep ending by themselves), `stopping` and `stopped`. The words are catalogue
     keys under `label.deployment.`."""
-    live = deployment.running + deployment.starting
     if deployment.state == deployments.STOPPED:
-        return "stopping" if live else "stopped"
-    if deployment.running >= deployment.replicas:
-        return "ready"  # `failures` stays until a replica ends again: it ran, all is well
+        return "stopping" if running + starting else "stopped"
+    if running >= deployment.replicas:
+        return "ready"
     return "failing" if deployment.failures else "starting"
 
 

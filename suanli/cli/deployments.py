@@ -69,19 +69,8 @@ HEALTH_STYLES = {
 }
 
 
-def health(deployment: DeploymentOut) -> str:
-    """One word for how it is doing, as the console's `deployment_outputs.health` says it
-    (the CLI does not load the server's modules: they would slow every command)."""
-    live = deployment.running + deployment.starting
-    if deployment.state == "stopped":
-        return "stopping" if live else "stopped"
-    if deployment.running >= deployment.replicas:
-        return "ready"
-    return "failing" if deployment.failures else "starting"
-
-
 def health_text(deployment: DeploymentOut) -> Text:
-    word = health(deployment)
+    word = deployment.health
     return Text(label("deployment", word), style=HEALTH_STYLES.get(word, ""))
 
 
@@ -243,7 +232,7 @@ def _show(deployment: DeploymentDetailOut) -> None:
             ("name", deployment.name),
             ("project", deployment.project),
             ("user", deployment.user),
-            ("state", label("deployment", health(deployment))),
+            ("state", label("deployment", deployment.health)),
             ("replicas", replicas_cell(deployment)),
             ("failures", deployment.failures),
             ("why", next_start(deployment) or None),

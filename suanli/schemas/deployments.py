@@ -19,6 +19,7 @@ from suanli.schemas.jobs import (
 from suanli.schemas.types import Flag, Name, RequestModel, ResponseModel, count, text
 
 MAX_REPLICAS = 64
+Health = Literal["ready", "starting", "failing", "stopping", "stopped"]
 
 
 class ReplicaSpec(RequestModel):
@@ -72,6 +73,8 @@ class DeploymentOut(ResponseModel):
     failures: int  # replicas that ended by themselves in a row
     next_start_at: datetime | None  # the next replacement waits until then
     created_at: datetime
+    # One word for how it is doing: every shell shows and colours this one.
+    health: Health
 
 
 class DeploymentDetailOut(DeploymentOut):

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 from suanli.api.deployment_outputs import (
     deployment_detail_out,
     deployments_out,
-    health,
     seconds_until,
 )
 from suanli.api.deps import SessionDep, get_database
@@ -74,7 +73,7 @@ class DeploymentView:
 
     @property
     def health(self) -> str:
-        return health(self.deployment)
+        return self.deployment.health
 
     @property
     def tone(self) -> str:
