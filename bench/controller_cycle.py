@@ -17,18 +17,14 @@ server and its workloads are stopped at the end.
 import argparse
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
-from submit_latency import EIGHT_A100S, PASSWORD, end_workloads, start_server
+from submit_latency import EIGHT_A100S, PASSWORD, local_server
 
 from suanli.client import Client
 
@@ -47,19 +43,6 @@ def cycle_totals(url: str, token: str) -> dict[str, float]:
     totals = {name: float(value) for name, value in LINE.findall(answer.text)}
     totals.update({bound: float(value) for bound, value in BUCKET.findall(answer.text)})
     return totals
-
-
-def stop_workloads(folder: Path) -> None:
-    """End the workloads started under `folder` and wait for them, so that the folder can be
-    removed after (a wrapper writes into it as it ends)."""
-    end_workloads(folder)
-    prefix = str(folder.resolve()) + "/"
-    ours = [
-        process
-        for process in psutil.process_iter(["cmdline"])
-        if any(arg.startswith(prefix) for arg in process.info["cmdline"] or [])
-    ]
-    psutil.wait_procs(ours, timeout=15)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -124,19 +107,8 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds of cycles measured")
     args = parser.parse_args()
     # Jobs run as their users' own accounts, as the default install does (see submit_latency).
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
-        Path(folder).chmod(0o755)
-        work = {"SUANLI_WORK_DIR": str(Path(folder) / "work")}
-        process, url = start_server(Path(folder) / "data", {**EIGHT_A100S, **work})
-        try:
-            result = measure(url, psutil.Process(process.pid), args.jobs, args.settle, args.window)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            stop_workloads(Path(folder))
+    with local_server(EIGHT_A100S) as (process, url):
+        result = measure(url, psutil.Process(process.pid), args.jobs, args.settle, args.window)
     print(f"jobs {args.jobs}, window {args.window:.0f} s, {os.cpu_count()} CPUs")
     print(
         "| running / pending | cycles in window | mean cycle ms | ≤ 25 ms / ≤ 50 ms "

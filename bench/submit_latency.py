@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,14 +59,40 @@ def start_server(
 
 
 def end_workloads(folder: Path) -> None:
-    """Workloads outlive their server by design: end the ones started under `folder`."""
+    """Workloads outlive their server by design: end the ones started under `folder`, and
+    wait for them, so that the folder can be removed after (a wrapper writes into it as it
+    ends)."""
     prefix = str(folder.resolve()) + "/"
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        ours = any(arg.startswith(prefix) for arg in command)
-        if "suanli.backends.local.wrapper" in command and ours:
+    ours = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if any(arg.startswith(prefix) for arg in process.info["cmdline"] or [])
+    ]
+    for process in ours:
+        if "suanli.backends.local.wrapper" in (process.info["cmdline"] or []):
             with contextlib.suppress(psutil.Error):
                 process.terminate()
+    psutil.wait_procs(ours, timeout=15)
+
+
+@contextlib.contextmanager
+def local_server(settings: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`suanli server` with `settings` on a temporary folder that the jobs' own accounts may
+    reach (the default install, as root, runs each user's jobs as their own account; see
+    docs/admin-guide.md, "Security model"); stopped at the end, with its workloads."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
+        Path(folder).chmod(0o755)
+        work = {"SUANLI_WORK_DIR": str(Path(folder) / "work")}
+        process, url = start_server(Path(folder) / "data", {**settings, **work})
+        try:
+            yield process, url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            end_workloads(Path(folder))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -136,21 +163,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=50, help="sequential jobs timed")
     parser.add_argument("--burst", type=int, default=200, help="concurrent submits timed")
     args = parser.parse_args()
-    # Where the jobs' own accounts may reach their folders (the default install, as root,
-    # runs each user's jobs as their own account; see docs/admin-guide.md, "Security model").
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
-        Path(folder).chmod(0o755)
-        work = {"SUANLI_WORK_DIR": str(Path(folder) / "work")}
-        process, url = start_server(Path(folder) / "data", {**EIGHT_A100S, **work})
-        try:
-            result = measure(url, args.jobs, args.burst)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            end_workloads(Path(folder))
+    with local_server(EIGHT_A100S) as (_, url):
+        result = measure(url, args.jobs, args.burst)
     print(f"jobs {args.jobs}, burst {args.burst}, {os.cpu_count()} CPUs")
     print(
         "| submit→started p50 ms | p99 ms | mean ms | max ms | submits/s, queued "
