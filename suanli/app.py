@@ -17,6 +17,7 @@ from suanli.api.routes import (
     alerts,
     audit,
     auth,
+    data,
     deployments,
     devenvs,
     health,
@@ -25,6 +26,7 @@ from suanli.api.routes import (
     metrics,
     nodes,
     projects,
+    uploads,
     users,
 )
 from suanli.application import Workloads
@@ -37,6 +39,7 @@ from suanli.controllers.loop import Loop, Ticking
 from suanli.controllers.metrics import MetricsController
 from suanli.controllers.notifier import NotifierController
 from suanli.controllers.workloads import WorkloadController
+from suanli.data.store import BlobStore
 from suanli.db import migrate
 from suanli.db.engine import Database
 from suanli.gateway import Gateway
@@ -142,6 +145,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.store = BlobStore(settings.data_dir / "data")
     capabilities = runtime.capabilities if runtime is not None else Capabilities()
     wake = runtime.wake if runtime is not None else lambda name: None
     app.state.workloads = Workloads(settings, database, capabilities, wake)
@@ -165,11 +169,14 @@ def create_app(
         jobs,
         devenvs,
         deployments,
+        uploads,
         nodes,
         metrics,
         alerts,
     ):
         api.include_router(module.router)
+    api.include_router(data.datasets)
+    api.include_router(data.models)
     api.include_router(health.router)
     app.include_router(api)
     app.include_router(health.public)
@@ -189,6 +196,7 @@ def prepare(settings: Settings, database: Database) -> str | None:
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate.upgrade(database.engine)
+    BlobStore(settings.data_dir / "data").prepare()
     isolation.secure(settings)
     for finding in isolation.assess(settings):
         log.warning("%s", translate(finding.key, "en", **finding.params))

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from suanli.application import Workloads
 from suanli.config import Settings
 from suanli.core.errors import Unauthenticated
+from suanli.data.store import BlobStore
 from suanli.db.engine import Database
 from suanli.services import tokens
 from suanli.services.actor import Actor
@@ -24,6 +25,10 @@ def get_database(request: Request) -> Database:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_store(request: Request) -> BlobStore:
+    return request.app.state.store
 
 
 def get_workloads(request: Request) -> Workloads:
@@ -91,3 +96,4 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 WorkloadsDep = Annotated[Workloads, Depends(get_workloads)]
+StoreDep = Annotated[BlobStore, Depends(get_store)]

@@ -59,6 +59,8 @@ class RouteClass:
 ROUTE_CLASSES: tuple[RouteClass, ...] = (
     RouteClass("/x/", capped=False),  # dev environments' proxy (it checks its caller first)
     RouteClass("/api/v1/auth/login"),
+    # Uploads stream their body to disk, bounded by the length they declared at creation.
+    RouteClass("/api/v1/uploads/", needs_token=True, capped=False),
     RouteClass("/api/", needs_token=True),
     RouteClass("/"),  # the console (and anything else)
 )

@@ -51,6 +51,14 @@ class Conflict(SuanliError):
     key = "error.conflict"
 
 
+class TooLarge(SuanliError):
+    """More bytes than may be written (a project's storage quota): refused before any is."""
+
+    status = 413
+    type = "too-large"
+    key = "error.storage_quota"
+
+
 class RateLimited(SuanliError):
     status = 429
     type = "too-many-requests"

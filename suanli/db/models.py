@@ -358,6 +358,10 @@ class Job(Base):
     # A token for the workload's own endpoints (a dev environment's tools), new at every
     # start; only the server sends it, and no API or page ever shows it.
     token: Mapped[str] = mapped_column(String(64), default="")
+    # The datasets and models it reads, resolved at submit to fixed versions (suanli.services.
+    # data.resolve): [{"kind", "ref", "name", "version_id"}]. Set by the server only, never
+    # from a spec, so a workload mounts exactly what its owner could read when it was sent.
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
     project: Mapped[Project] = relationship()
     deployment: Mapped[Deployment | None] = relationship(back_populates="workloads")
@@ -493,3 +497,167 @@ class Notification(Base):
     next_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_error: Mapped[str] = mapped_column(String(500), default="")
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Repository(Base):
+    """A dataset or a model: a named series of immutable versions in a project."""
+
+    __tablename__ = "repositories"
+    __table_args__ = (
+        Index("ix_repositories_project_kind_name", "project_id", "kind", "name", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # dataset | model
+    name: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    # project: its members only; public: every user may read and use it.
+    visibility: Mapped[str] = mapped_column(String(16), default="project")
+    # Curated by administrators into the platform's catalogue (public as well).
+    catalogue: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    user_name: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    project: Mapped[Project] = relationship()
+    versions: Mapped[list["DataVersion"]] = relationship(
+        back_populates="repository", passive_deletes=True, order_by="DataVersion.number"
+    )
+    tags: Mapped[list["DataTag"]] = relationship(passive_deletes=True, order_by="DataTag.name")
+
+
+class DataVersion(Base):
+    """An immutable set of files with a message, who made it, when and from what."""
+
+    __tablename__ = "data_versions"
+    __table_args__ = (
+        Index("ix_data_versions_repository_number", "repository_id", "number", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repositories.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(2000), default="")
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    user_name: Mapped[str] = mapped_column(String(32))
+    # upload | import | job | sftp
+    source: Mapped[str] = mapped_column(String(16), default="upload")
+    # Lineage: the workload whose output it is, and that workload's inputs (copied: the
+    # workload's row may be gone).
+    job_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    lineage: Mapped[list[str]] = mapped_column(JSON, default=list)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    repository: Mapped[Repository] = relationship(back_populates="versions")
+
+
+class DataFile(Base):
+    """One file of a version: the manifest's line. The bytes are the blob `sha256`."""
+
+    __tablename__ = "data_files"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("data_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class DataTag(Base):
+    """A movable name for a version (`latest` is kept by the server; others by users)."""
+
+    __tablename__ = "data_tags"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("data_versions.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Blob(Base):
+    """Stored content, once however many versions and projects hold it."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # ok | corrupt (its bytes no longer hash to its name) | missing
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+
+
+class ProjectBlob(Base):
+    """A project holds this content: it sent the bytes itself (or they are in a version it
+    can read). Only then may its versions name the blob — knowing a hash is not enough — and
+    the project's storage counts each of its blobs once."""
+
+    __tablename__ = "project_blobs"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Upload(Base):
+    """A resumable upload (tus) of one file into a project, until it becomes a blob."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    filename: Mapped[str] = mapped_column(String(1024), default="")
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # once complete
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DataImport(Base):
+    """Fetching a remote source into a new version, in the background."""
+
+    __tablename__ = "data_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    user_name: Mapped[str] = mapped_column(String(32))
+    # The source without its secrets (shown), and the secrets sealed (suanli.security.sealed).
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sealed: Mapped[str] = mapped_column(String(4000), default="")
+    message: Mapped[str] = mapped_column(String(2000), default="")
+    # queued | running | succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    error_key: Mapped[str] = mapped_column(String(128), default="")
+    error_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("data_versions.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    repository: Mapped[Repository] = relationship()

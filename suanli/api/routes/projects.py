@@ -7,6 +7,7 @@ from fastapi import APIRouter, Path, Query
 from suanli.api.deps import CallerDep, SessionDep, SettingsDep
 from suanli.core.names import NAME_PATTERN
 from suanli.db.models import Membership
+from suanli.schemas.data import StorageOut
 from suanli.schemas.projects import (
     EnergyOut,
     MemberAdd,
@@ -19,7 +20,7 @@ from suanli.schemas.projects import (
     QuotaOut,
     QuotaUpdate,
 )
-from suanli.services import cluster, projects
+from suanli.services import cluster, data, projects
 from suanli.services.projects import ProjectView
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -147,6 +148,17 @@ def project_energy(name: ProjectName, caller: CallerDep, session: SessionDep) ->
 @router.get("/{name}/quota", response_model=QuotaOut)
 def get_quota(name: ProjectName, caller: CallerDep, session: SessionDep) -> QuotaOut:
     return QuotaOut.model_validate(projects.get_quota(session, caller.actor, name))
+
+
+@router.get("/{name}/storage", response_model=StorageOut)
+def get_storage(name: ProjectName, caller: CallerDep, session: SessionDep) -> StorageOut:
+    """Bytes its datasets and models hold (each content once), what unfinished uploads and
+    imports reserve, and the quota's limit."""
+    project, _ = projects.access(session, caller.actor, name)
+    found = data.storage(session, project)
+    return StorageOut(
+        project=name, used_bytes=found.used, reserved_bytes=found.reserved, limit_bytes=found.limit
+    )
 
 
 @router.patch("/{name}/quota", response_model=QuotaOut)

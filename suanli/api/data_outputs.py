@@ -1,0 +1,130 @@
+"""Datasets and models as their readers see them: ORM rows to the transport schemas, for the
+API's routes and the console's pages alike."""
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from suanli.db.models import DataTag, DataVersion, Job, Repository
+from suanli.schemas.data import (
+    FileOut,
+    RepositoryOut,
+    UserOfOut,
+    VersionDetailOut,
+    VersionOut,
+)
+from suanli.services import data
+
+FILES_SHOWN = 1000
+
+
+def repositories_out(session: Session, found: Sequence[Repository]) -> list[RepositoryOut]:
+    """A list, its versions counted and its tags read in one query each for all."""
+    ids = [r.id for r in found]
+    counted = {
+        repository_id: (count, size)
+        for repository_id, count, size in session.execute(
+            select(
+                DataVersion.repository_id,
+                func.count(),
+                func.coalesce(func.max(DataVersion.size_bytes), 0),
+            )
+            .where(DataVersion.repository_id.in_(ids))
+            .group_by(DataVersion.repository_id)
+        )
+    }
+    tags: dict[int, dict[str, int]] = {i: {} for i in ids}
+    for repository_id, name, number in session.execute(
+        select(DataTag.repository_id, DataTag.name, DataVersion.number)
+        .join(DataVersion, DataVersion.id == DataTag.version_id)
+        .where(DataTag.repository_id.in_(ids))
+    ):
+        tags[repository_id][name] = number
+    result = []
+    for repository in found:
+        count, _ = counted.get(repository.id, (0, 0))
+        latest = tags[repository.id].get(data.LATEST)
+        result.append(
+            RepositoryOut(
+                id=repository.id,
+                kind=repository.kind,
+                project=repository.project.name,
+                name=repository.name,
+                description=repository.description,
+                visibility=repository.visibility,
+                catalogue=repository.catalogue,
+                user=repository.user_name,
+                created_at=repository.created_at,
+                versions=count,
+                latest=latest,
+                size_bytes=_latest_size(session, repository.id, latest),
+                tags=tags[repository.id],
+            )
+        )
+    return result
+
+
+def _latest_size(session: Session, repository_id: int, latest: int | None) -> int:
+    if latest is None:
+        return 0
+    size = session.scalar(
+        select(DataVersion.size_bytes).where(
+            DataVersion.repository_id == repository_id, DataVersion.number == latest
+        )
+    )
+    return int(size or 0)
+
+
+def version_out(version: DataVersion, tags: list[str]) -> VersionOut:
+    return VersionOut(
+        number=version.number,
+        message=version.message,
+        user=version.user_name,
+        source=version.source,
+        job_id=version.job_id,
+        lineage=list(version.lineage or []),
+        file_count=version.file_count,
+        size_bytes=version.size_bytes,
+        created_at=version.created_at,
+        tags=sorted(tags),
+    )
+
+
+def versions_out(session: Session, repository: Repository) -> list[VersionOut]:
+    """Newest first, each with the tags on it."""
+    tags = data.tags_by_version(session, repository.id)
+    return [version_out(v, tags.get(v.id, [])) for v in reversed(repository.versions)]
+
+
+def version_detail_out(
+    session: Session, repository: Repository, version: DataVersion, prefix: str = ""
+) -> VersionDetailOut:
+    """With its manifest (the first FILES_SHOWN files under `prefix`)."""
+    tags = data.tags_by_version(session, repository.id).get(version.id, [])
+    files = data.files_of(session, version.id, limit=FILES_SHOWN, prefix=prefix)
+    return VersionDetailOut(
+        **version_out(version, tags).model_dump(),
+        repository=f"{repository.project.name}/{repository.name}",
+        files=[FileOut(path=f.path, size=f.size, sha256=f.sha256) for f in files],
+        files_total=version.file_count,
+    )
+
+
+def users_out(session: Session, repository: Repository, jobs: Sequence[Job]) -> list[UserOfOut]:
+    numbers = {v.id: v.number for v in repository.versions}
+    result = []
+    for job in jobs:
+        for item in job.inputs or []:
+            if item.get("version_id") in numbers:
+                result.append(
+                    UserOfOut(
+                        job_id=job.id,
+                        kind=job.kind,
+                        name=job.name,
+                        state=job.state,
+                        user=job.user_name,
+                        version=numbers[item["version_id"]],
+                    )
+                )
+    return result

@@ -1,0 +1,1 @@
+"""Datasets and models: stored files, previews and imports."""

@@ -1,0 +1,197 @@
+"""Datasets and models: repositories, versions, their files and tags, as the API reads and
+answers them."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
+
+from suanli.data import paths
+from suanli.schemas.types import (
+    MAX_BYTES,
+    MAX_INT32,
+    Flag,
+    Name,
+    RequestModel,
+    ResponseModel,
+    text,
+)
+
+RepoKind = Literal["dataset", "model"]
+Visibility = Literal["project", "public"]
+# Like the names of models on the hubs: "qwen2.5-0.5b-instruct", "alpaca_zh".
+REPO_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RepoName = text(max_length=64, pattern=REPO_NAME_PATTERN)
+TAG_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
+TagName = text(max_length=64, pattern=TAG_PATTERN)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+Sha256 = text(max_length=64, pattern=SHA256_PATTERN)
+# A dataset or model as a workload names it: [project/]name[@version or tag]; without a
+# version, `latest`. The project defaults to the workload's own.
+DATA_REF_PATTERN = (
+    r"^([a-z]([a-z0-9-]{0,30}[a-z0-9])?/)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+    r"(@([1-9][0-9]{0,8}|[A-Za-z][A-Za-z0-9._-]{0,63}))?$"
+)
+DataRef = text(max_length=200, pattern=DATA_REF_PATTERN)
+DataRefs = Annotated[list[DataRef], Field(max_length=16)]
+Message = text(max_length=2000)
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES, strict=True)]
+
+
+def _path(value: str) -> str:
+    try:
+        return paths.check(value)
+    except paths.BadPath as error:
+        kind = error.key.removeprefix("validation.")
+        raise PydanticCustomError(kind, "not a safe relative path") from None
+
+
+FilePath = Annotated[text(max_length=paths.MAX_PATH), AfterValidator(_path)]
+
+
+class RepositoryCreate(RequestModel):
+    project: Name
+    name: RepoName
+    description: text(max_length=2000) = ""
+    visibility: Visibility = "project"
+
+
+class RepositoryUpdate(RequestModel):
+    description: text(max_length=2000) | None = None
+    visibility: Visibility | None = None
+    # Administrators only: in the platform's catalogue (and so public).
+    catalogue: Flag | None = None
+
+
+class RepositoryListQuery(RequestModel):
+    project: Name | None = None
+    # Only what the administrators curated.
+    catalogue: Flag = False
+    limit: Annotated[int, Field(ge=1, le=1000)] = 200
+
+
+class ManifestEntry(RequestModel):
+    """One file of a new version: its path, and the content the project already holds
+    (uploaded, or in a version it can read)."""
+
+    path: FilePath
+    sha256: Sha256
+    size: Bytes
+
+
+class VersionCreate(RequestModel):
+    """A new version: `files` on top of version `base` (none: start empty), less `remove`."""
+
+    message: Message = ""
+    files: Annotated[list[ManifestEntry], Field(max_length=100_000)] = Field(default_factory=list)
+    base: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)] | None = None
+    remove: Annotated[list[FilePath], Field(max_length=100_000)] = Field(default_factory=list)
+    tags: Annotated[list[TagName], Field(max_length=8)] = Field(default_factory=list)
+
+
+class TagSet(RequestModel):
+    """Point the tag at `version`. With `expected`, only if it points at that version now
+    (another change in between is a 409, not a silent overwrite)."""
+
+    version: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)]
+    expected: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)] | None = None
+
+
+class MissingQuery(RequestModel):
+    """Which of these contents the project does not hold yet (a client uploads only those)."""
+
+    project: Name
+    sha256: Annotated[list[Sha256], Field(max_length=100_000)]
+
+
+class CommitOutput(RequestModel):
+    """A workload's output folder (relative to its own folder) as a new version."""
+
+    job: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)]
+    path: FilePath
+    message: Message = ""
+
+
+class RepositoryOut(ResponseModel):
+    id: int
+    kind: str
+    project: str
+    name: str
+    description: str
+    visibility: str
+    catalogue: bool
+    user: str
+    created_at: datetime
+    versions: int
+    latest: int | None
+    size_bytes: int
+    tags: dict[str, int]
+
+
+class VersionOut(ResponseModel):
+    number: int
+    message: str
+    user: str
+    source: str
+    job_id: int | None
+    lineage: list[str]
+    file_count: int
+    size_bytes: int
+    created_at: datetime
+    tags: list[str]
+
+
+class FileOut(ResponseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class VersionDetailOut(VersionOut):
+    repository: str  # project/name
+    files: list[FileOut]
+    files_total: int
+
+
+class UserOfOut(ResponseModel):
+    """A workload that reads a version: deleting the version would pull it from under it."""
+
+    job_id: int
+    kind: str
+    name: str
+    state: str
+    user: str
+    version: int
+
+
+class VerifyOut(ResponseModel):
+    checked: int
+    bytes: int
+    ok: bool
+    corrupt: list[str]
+    missing: list[str]
+
+
+class StorageOut(ResponseModel):
+    project: str
+    used_bytes: int
+    reserved_bytes: int
+    limit_bytes: int | None
+
+
+class ImportOut(ResponseModel):
+    id: int
+    repository: str
+    source: dict[str, Any]
+    message: str
+    state: str
+    done_bytes: int
+    total_bytes: int | None
+    error: str
+    attempts: int
+    version: int | None
+    user: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
