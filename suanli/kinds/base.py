@@ -56,6 +56,27 @@ class Launch:
     mounts: tuple[Mount, ...] = field(default_factory=tuple)
 
 
+def data_inputs(start: Start) -> tuple[tuple[Mount, ...], dict[str, str]]:
+    """The datasets and models the workload reads (resolved at submit, `Job.inputs`): each
+    version's tree bound read-only at <folder>/datasets/<name> or <folder>/models/<name>, and
+    SUANLI_DATASETS / SUANLI_MODELS naming those two folders."""
+    trees = start.settings.data_dir / "data" / "trees"
+    mounts = tuple(
+        Mount(
+            source=trees / str(item["version_id"]),
+            target=start.folder / f"{item['kind']}s" / str(item["name"]),
+        )
+        for item in start.job.inputs or []
+    )
+    env = {}
+    if mounts:
+        env = {
+            "SUANLI_DATASETS": str(start.folder / "datasets"),
+            "SUANLI_MODELS": str(start.folder / "models"),
+        }
+    return mounts, env
+
+
 class Kind:
     """A kind of workload. Subclasses set `name` (the `kind` column), `spec_model` and
     `launch`; the rest has defaults that suit a kind with nothing special."""

@@ -28,7 +28,7 @@ from suanli.db.engine import Database
 from suanli.db.models import Job
 from suanli.devenvs import endpoints, keys
 from suanli.devenvs.endpoints import AgentConfig
-from suanli.kinds.base import Kind, Launch, Start
+from suanli.kinds.base import Kind, Launch, Start, data_inputs
 from suanli.schemas.devenvs import DevEnvSpec
 from suanli.services import workfolders
 from suanli.services.jobs import note, work_folder
@@ -71,7 +71,14 @@ class DevEnvKind(Kind):
             "PYTHONPATH": endpoints.with_source(start.env.get("PYTHONPATH", "")),
         }
         argv = (agent_python, "-m", "suanli.devenvs.agent")
-        return Launch(argv=argv, workdir=workdir, env=env, ports=("agent", *spec.tools))
+        mounts, inputs = data_inputs(start)
+        return Launch(
+            argv=argv,
+            workdir=workdir,
+            env={**env, **inputs},
+            ports=("agent", *spec.tools),
+            mounts=mounts,
+        )
 
     def controllers(
         self, settings: Settings, database: Database, wake: Callable[[], None]

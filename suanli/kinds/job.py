@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from suanli.kinds.base import Kind, Launch, Start
+from suanli.kinds.base import Kind, Launch, Start, data_inputs
 from suanli.schemas.jobs import JobSpec
 from suanli.services import workfolders
 
@@ -19,7 +19,14 @@ class JobKind(Kind):
         else:
             argv = tuple(spec.command or ())
         workdir = Path(spec.workdir) if spec.workdir else start.folder
-        return Launch(argv=argv, workdir=workdir, env=start.env, launcher=spec.launcher)
+        mounts, env = data_inputs(start)
+        return Launch(
+            argv=argv,
+            workdir=workdir,
+            env={**start.env, **env},
+            launcher=spec.launcher,
+            mounts=mounts,
+        )
 
 
 KIND = JobKind()

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from suanli.schemas.data import DataRefs
 from suanli.schemas.jobs import (
     Duration,
     Environment,
@@ -46,6 +47,9 @@ class DevEnvSpec(RequestModel):
     idle_timeout: Duration | None = None
     # Stopped after this long in any case; at most the project's maximum lifetime.
     max_duration: Duration | None = None
+    # Mounted read-only in its folder, as a job's (datasets/<name>, models/<name>).
+    datasets: DataRefs = Field(default_factory=list)
+    models: DataRefs = Field(default_factory=list)
 
     @field_validator("resources")
     @classmethod

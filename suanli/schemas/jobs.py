@@ -18,6 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from suanli.core.durations import parse_duration
 from suanli.core.quantities import parse_bytes
+from suanli.schemas.data import DataRefs
 from suanli.schemas.types import (
     MAX_BYTES,
     MAX_INT32,
@@ -267,6 +268,10 @@ class JobSpec(RequestModel):
     max_duration: Duration | None = None
     retries: count(maximum=10) = 0
     preemptible: Flag = True
+    # Mounted read-only in its folder: datasets/<name> and models/<name>. Each is
+    # `[project/]name[@version or tag]` (default: the job's project, `latest`), fixed at submit.
+    datasets: DataRefs = Field(default_factory=list)
+    models: DataRefs = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _command_or_script(self) -> "JobSpec":

@@ -30,7 +30,7 @@ from suanli.scheduler import check_feasible
 from suanli.scheduler import model as sched
 from suanli.scheduler.feasibility import check_quota_ceiling
 from suanli.schemas.jobs import JobListQuery, JobSpec
-from suanli.services import audit
+from suanli.services import audit, data
 from suanli.services.actor import Actor
 from suanli.services.common import commit
 from suanli.services.projects import access, writable
@@ -162,6 +162,8 @@ def submit(
     check_quota(spec, project, nodes)
     kept = stored or spec.model_dump(mode="json")
     wanted = demand.of(kind.load(kept, kind.version))
+    inputs = data.resolve(session, actor, project, "dataset", spec.datasets, "datasets")
+    inputs += data.resolve(session, actor, project, "model", spec.models, "models")
     job = Job(
         kind=kind.name,
         project=project,  # set, not lazily loaded after commit (that would begin a new write)
@@ -174,6 +176,7 @@ def submit(
         priority=spec.priority,
         gpus=demand.waiting_gpus(wanted),
         state=State.pending,
+        inputs=inputs,
     )
     note(job, "event.submitted")
     session.add(job)

@@ -17,10 +17,11 @@ from suanli.api.data_outputs import (
     version_detail_out,
     versions_out,
 )
-from suanli.api.deps import CallerDep, SessionDep, StoreDep
+from suanli.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
 from suanli.core.roles import ProjectRole
 from suanli.db.models import Repository
 from suanli.schemas.data import (
+    CommitOutput,
     RepoName,
     RepositoryCreate,
     RepositoryListQuery,
@@ -35,7 +36,7 @@ from suanli.schemas.data import (
     VersionOut,
 )
 from suanli.schemas.types import Name, text
-from suanli.services import data, verification
+from suanli.services import data, outputs, verification
 from suanli.services.actor import Actor
 
 ProjectName = Annotated[Name, Path()]
@@ -204,6 +205,23 @@ def repository_router(kind: str, plural: str) -> APIRouter:
         repository = find(session, caller.actor, project, name)
         found = data.version_of(session, repository, version)
         return verification.verify_version(session, store, found.id)
+
+    @router.post("/{project}/{name}/commit", response_model=VersionDetailOut, status_code=201)
+    def commit_output(
+        project: ProjectName,
+        name: Repo,
+        body: CommitOutput,
+        caller: CallerDep,
+        session: SessionDep,
+        store: StoreDep,
+        settings: SettingsDep,
+    ) -> VersionDetailOut:
+        """A workload's output folder (a path inside its own folder) as a new version, with
+        its lineage: the workload and the versions it read. Links, pipes and devices in the
+        folder are refused, naming the path."""
+        repository = find(session, caller.actor, project, name, ProjectRole.member)
+        version = outputs.commit_output(session, caller.actor, store, settings, repository, body)
+        return version_detail_out(session, repository, version)
 
     @router.put("/{project}/{name}/tags/{tag}", response_model=RepositoryOut)
     def tag(
