@@ -21,6 +21,7 @@ from suanli.api.routes import (
     deployments,
     devenvs,
     health,
+    imports,
     jobs,
     me,
     metrics,
@@ -33,11 +34,13 @@ from suanli.application import Workloads
 from suanli.backends.base import Backend, Capabilities
 from suanli.config import Settings
 from suanli.controllers.deployments import DeploymentController
+from suanli.controllers.imports import ImportController
 from suanli.controllers.inventory import InventoryController
 from suanli.controllers.lease import Leases
 from suanli.controllers.loop import Loop, Ticking
 from suanli.controllers.metrics import MetricsController
 from suanli.controllers.notifier import NotifierController
+from suanli.controllers.scrub import ScrubController
 from suanli.controllers.workloads import WorkloadController
 from suanli.data.store import BlobStore
 from suanli.db import migrate
@@ -64,6 +67,7 @@ class Runtime:
         self.inventory = InventoryController(database, backend, settings.inventory_interval_seconds)
         self.metrics = MetricsController(settings, database, backend)
         leases = Leases(database)
+        store = BlobStore(settings.data_dir / "data")
         controllers: list[Ticking] = [
             self.inventory,
             WorkloadController(
@@ -76,6 +80,8 @@ class Runtime:
             self.metrics,
             NotifierController(settings, database),
             DeploymentController(database, self.wake),
+            ImportController(settings, database, store),
+            ScrubController(settings, database, store),
             *(
                 controller
                 for kind in KINDS.values()
@@ -170,6 +176,7 @@ def create_app(
         devenvs,
         deployments,
         uploads,
+        imports,
         nodes,
         metrics,
         alerts,

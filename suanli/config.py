@@ -150,6 +150,17 @@ class Settings(BaseSettings):
     devenv_environments: dict[str, Path] = Field(default_factory=dict)
     # code-server for VS Code in the browser; empty: found on PATH, else not offered.
     code_server: str = ""
+
+    # Datasets and models. Imports may fetch from loopback and private addresses (a NAS on
+    # the organisation's network) only when this is on: otherwise a user could make the
+    # server fetch from its own services (server-side request forgery).
+    imports_allow_private: bool = False
+    # Imports running at once (each in a thread of the server).
+    imports_at_once: int = Field(2, ge=1, le=16)
+    # The scrub reads every stored file again, a slice per round: this many bytes every
+    # interval (1 GiB an hour goes round 8 TiB in a year). Uploads left unfinished expire.
+    scrub_interval_seconds: float = Field(3600.0, ge=1, le=7 * 86400)
+    scrub_bytes_per_round: int = Field(2**30, ge=2**20)
     # The Python that runs environments' agents (and JupyterLab, unless an environment names
     # its own): it must import suanli and be executable by the environments' Unix users on
     # every node. Empty: the server's own interpreter.

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from suanli.db.models import DataTag, DataVersion, Job, Repository
+from suanli.db.models import DataImport, DataTag, DataVersion, Job, Repository
+from suanli.i18n import translate
 from suanli.schemas.data import (
     FileOut,
+    ImportOut,
     RepositoryOut,
     UserOfOut,
     VersionDetailOut,
@@ -128,3 +130,26 @@ def users_out(session: Session, repository: Repository, jobs: Sequence[Job]) -> 
                     )
                 )
     return result
+
+
+def import_out(row: DataImport, language: str) -> ImportOut:
+    """An import with its error in the reader's language, and the version it made."""
+    repository = row.repository
+    version = next((v.number for v in repository.versions if v.id == row.version_id), None)
+    error = translate(row.error_key, language, **row.error_params) if row.error_key else ""
+    return ImportOut(
+        id=row.id,
+        repository=f"{repository.project.name}/{repository.name}",
+        source=dict(row.source),
+        message=row.message,
+        state=row.state,
+        done_bytes=row.done_bytes,
+        total_bytes=row.total_bytes,
+        error=error,
+        attempts=row.attempts,
+        version=version,
+        user=row.user_name,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )

@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 from suanli.data import paths
+from suanli.schemas.imports import ImportSource
 from suanli.schemas.types import (
     MAX_BYTES,
     MAX_INT32,
@@ -110,6 +111,13 @@ class CommitOutput(RequestModel):
 
     job: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)]
     path: FilePath
+    message: Message = ""
+
+
+class ImportCreate(RequestModel):
+    """Fetch `source` into a new version (it becomes `latest`)."""
+
+    source: ImportSource
     message: Message = ""
 
 

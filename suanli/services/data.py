@@ -12,6 +12,7 @@ many versions name it, plus what its unfinished uploads and imports have reserve
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -442,6 +443,32 @@ def _check_held(session: Session, project_id: int, files: Sequence) -> None:
             raise InvalidInput(
                 "error.data_size_mismatch", field=f"files.{index}.size", path=entry.path, size=size
             )
+
+
+def collect_garbage(session: Session, store: BlobStore, older_than: datetime) -> int:
+    """Forget content nobody uses: a project's hold on a blob none of its versions names
+    (an upload never committed, a deleted version), once older than `older_than`; then the
+    blobs no project holds and no version names, bytes and all. Returns blobs removed."""
+    named = (
+        select(DataFile.sha256)
+        .join(DataVersion, DataVersion.id == DataFile.version_id)
+        .join(Repository, Repository.id == DataVersion.repository_id)
+        .where(Repository.project_id == ProjectBlob.project_id)
+    )
+    session.execute(
+        delete(ProjectBlob)
+        .where(ProjectBlob.created_at < older_than, ProjectBlob.sha256.not_in(named))
+        .execution_options(synchronize_session=False)
+    )
+    held = select(ProjectBlob.sha256).where(ProjectBlob.sha256 == Blob.sha256).exists()
+    used = select(DataFile.sha256).where(DataFile.sha256 == Blob.sha256).exists()
+    orphans = list(session.scalars(select(Blob.sha256).where(~held, ~used)))
+    if orphans:
+        session.execute(delete(Blob).where(Blob.sha256.in_(orphans)))
+    session.commit()
+    for sha256 in orphans:
+        store.remove(sha256)
+    return len(orphans)
 
 
 # --- use by workloads ---------------------------------------------------------------------

@@ -7,21 +7,26 @@ tag (`latest`, `prod`).
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from suanli.api.data_outputs import (
+    import_out,
     repositories_out,
     users_out,
     version_detail_out,
     versions_out,
 )
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
+from suanli.api.deps import CallerDep, SessionDep, SettingsDep, StoreDep, WorkloadsDep
+from suanli.api.problems import language_of
+from suanli.controllers.imports import ImportController
 from suanli.core.roles import ProjectRole
 from suanli.db.models import Repository
 from suanli.schemas.data import (
     CommitOutput,
+    ImportCreate,
+    ImportOut,
     RepoName,
     RepositoryCreate,
     RepositoryListQuery,
@@ -36,7 +41,7 @@ from suanli.schemas.data import (
     VersionOut,
 )
 from suanli.schemas.types import Name, text
-from suanli.services import data, outputs, verification
+from suanli.services import data, imports, outputs, verification
 from suanli.services.actor import Actor
 
 ProjectName = Annotated[Name, Path()]
@@ -45,6 +50,7 @@ VersionRef = Annotated[text(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{
 Tag = Annotated[TagName, Path()]
 Force = Annotated[bool, Query()]
 Prefix = Annotated[text(max_length=1024), Query()]
+IMPORTS = ImportController.name
 
 
 def repository_router(kind: str, plural: str) -> APIRouter:
@@ -222,6 +228,35 @@ def repository_router(kind: str, plural: str) -> APIRouter:
         repository = find(session, caller.actor, project, name, ProjectRole.member)
         version = outputs.commit_output(session, caller.actor, store, settings, repository, body)
         return version_detail_out(session, repository, version)
+
+    @router.post("/{project}/{name}/imports", response_model=ImportOut, status_code=202)
+    def start_import(
+        project: ProjectName,
+        name: Repo,
+        body: ImportCreate,
+        request: Request,
+        caller: CallerDep,
+        session: SessionDep,
+        settings: SettingsDep,
+        workloads: WorkloadsDep,
+    ) -> ImportOut:
+        """Fetch a source (http(s) with resume, ftp, sftp, git, S3) into a new version, in the
+        background: follow it at /imports/{id}. Passwords and keys are kept sealed and never
+        shown. Loopback and private addresses are refused unless the administrator allows
+        them."""
+        repository = find(session, caller.actor, project, name, ProjectRole.member)
+        row = imports.start(session, caller.actor, settings, repository, body)
+        workloads.wake(IMPORTS)
+        return import_out(row, language_of(request))
+
+    @router.get("/{project}/{name}/imports", response_model=list[ImportOut])
+    def list_imports(
+        project: ProjectName, name: Repo, request: Request, caller: CallerDep, session: SessionDep
+    ) -> list[ImportOut]:
+        """Newest first (the last 100)."""
+        repository = find(session, caller.actor, project, name)
+        language = language_of(request)
+        return [import_out(row, language) for row in imports.list_imports(session, repository)]
 
     @router.put("/{project}/{name}/tags/{tag}", response_model=RepositoryOut)
     def tag(
