@@ -6,17 +6,24 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from suanli.data.layout import ModelLayout
+from suanli.data.preview import Preview, Problem
 from suanli.db.models import DataImport, DataTag, DataVersion, Job, Repository
 from suanli.i18n import translate
 from suanli.schemas.data import (
+    DatasetCheckOut,
     FileOut,
+    FindingOut,
     ImportOut,
+    ModelLayoutOut,
+    PreviewOut,
     RepositoryOut,
     UserOfOut,
     VersionDetailOut,
     VersionOut,
 )
 from suanli.services import data
+from suanli.services.inspection import DatasetCheck
 
 FILES_SHOWN = 1000
 
@@ -152,4 +159,58 @@ def import_out(row: DataImport, language: str) -> ImportOut:
         created_at=row.created_at,
         started_at=row.started_at,
         ended_at=row.ended_at,
+    )
+
+
+def _said(problem: Problem | None, language: str) -> str | None:
+    return translate(problem.key, language, **problem.params) if problem else None
+
+
+def preview_out(path: str, found: Preview, language: str) -> PreviewOut:
+    return PreviewOut(
+        path=path,
+        kind=found.kind,
+        format=found.format,
+        columns=found.columns,
+        rows=found.rows,
+        row_count=found.row_count,
+        row_count_exact=found.row_count_exact,
+        text=found.text,
+        width=found.width,
+        height=found.height,
+        problem=_said(found.problem, language),
+    )
+
+
+def model_out(found: ModelLayout, language: str) -> ModelLayoutOut:
+    return ModelLayoutOut(
+        format=found.format,
+        architecture=found.architecture,
+        parameters=found.parameters,
+        dtype=found.dtype,
+        size_bytes=found.size_bytes,
+        has_tokenizer=found.has_tokenizer,
+        context_length=found.context_length,
+        metadata=found.metadata,
+        problems=[translate(p.key, language, **p.params) for p in found.problems],
+    )
+
+
+def check_out(found: DatasetCheck, language: str) -> DatasetCheckOut:
+    report = found.report
+    return DatasetCheckOut(
+        path=found.path,
+        entry=found.entry,
+        formatting=report.formatting if report else None,
+        checked=report.checked if report else 0,
+        ok=bool(report and report.ok and not found.problem),
+        findings=[
+            FindingOut(
+                record=f.index + 1, problem=translate(f.problem.key, language, **f.problem.params)
+            )
+            for f in (report.findings if report else [])
+        ],
+        counts=dict(report.counts) if report else {},
+        truncated=report.truncated if report else False,
+        problem=_said(found.problem, language),
     )

@@ -203,3 +203,59 @@ class ImportOut(ResponseModel):
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+
+
+class PreviewOut(ResponseModel):
+    """The first rows of a table (json, jsonl, csv, tsv, parquet, arrow), the first lines of
+    a text, or an image's size. `row_count` is exact when `row_count_exact`, else a lower
+    bound; `problem` says why a file could not be read."""
+
+    path: str
+    kind: str
+    format: str | None
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int | None
+    row_count_exact: bool
+    text: str | None
+    width: int | None
+    height: int | None
+    problem: str | None
+
+
+class FindingOut(ResponseModel):
+    record: int  # counting from 1
+    problem: str
+
+
+class DatasetCheckOut(ResponseModel):
+    """A data file checked as LLaMA-Factory reads it (alpaca, sharegpt, openai)."""
+
+    path: str
+    entry: str | None
+    formatting: str | None
+    checked: int
+    ok: bool
+    findings: list[FindingOut]
+    counts: dict[str, int]
+    truncated: bool
+    problem: str | None
+
+
+class ModelLayoutOut(ResponseModel):
+    format: str
+    architecture: str | None
+    parameters: int | None
+    dtype: str | None
+    size_bytes: int
+    has_tokenizer: bool
+    context_length: int | None
+    metadata: dict[str, Any]
+    problems: list[str]
+
+
+class InspectOut(ResponseModel):
+    """A model's layout, or a dataset's format report per data file."""
+
+    model: ModelLayoutOut | None = None
+    datasets: list[DatasetCheckOut] = Field(default_factory=list)

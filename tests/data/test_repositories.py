@@ -319,3 +319,37 @@ def test_blob_files_read_only_and_tree_built(
     trees = Path(server.data_dir) / "data" / "trees"
     built = [p for p in trees.glob("*/a/b/hello.txt")]
     assert built and built[0].stat().st_ino == found[0].stat().st_ino
+
+
+def test_preview_and_inspect(server: RunningServer, admin: Client, make_user) -> None:
+    """Previews of a table and of a malformed parquet file (a problem, never a 500); a
+    dataset checked as LLaMA-Factory reads it; a model's layout."""
+    judy = make_user("judy")
+    project = project_of(admin, judy)
+    http = api(server, judy.client)
+    where = f"datasets/{project}/{repo(http, project)}"
+    rows = b'{"instruction": "1+1", "input": "", "output": "2"}\n' + (
+        b'{"instruction": "hi", "input": "", "output": ""}\n'
+    )
+    info = b'{"mine": {"file_name": "train.jsonl", "formatting": "alpaca"}}'
+    broken = b"PAR1" + os.urandom(100)
+    for body in (rows, info, broken):
+        upload(http, project, body)
+    commit(http, where, {"train.jsonl": rows, "dataset_info.json": info, "bad.parquet": broken})
+    shown = http.get(f"{where}/versions/1/preview/train.jsonl").json()
+    assert shown["kind"] == "table" and shown["columns"] == ["instruction", "input", "output"]
+    assert shown["rows"][0] == ["1+1", "", "2"] and shown["row_count"] == 2
+    bad = http.get(f"{where}/versions/1/preview/bad.parquet", headers={"Accept-Language": "zh-CN"})
+    assert bad.status_code == 200 and bad.json()["problem"]
+    checked = http.get(f"{where}/versions/1/inspect").json()["datasets"]
+    assert [(c["path"], c["entry"], c["formatting"], c["ok"]) for c in checked] == [
+        ("train.jsonl", "mine", "alpaca", False)
+    ]
+    assert checked[0]["findings"][0]["record"] == 2
+    model = f"models/{project}/{repo(http, project, 'models')}"
+    config = b'{"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 256}'
+    upload(http, project, config)
+    commit(http, model, {"config.json": config})
+    layout = http.get(f"{model}/versions/latest/inspect").json()["model"]
+    assert layout["format"] == "huggingface" and layout["architecture"] == "LlamaForCausalLM"
+    assert layout["context_length"] == 256

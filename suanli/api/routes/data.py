@@ -12,7 +12,10 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from suanli.api.data_outputs import (
+    check_out,
     import_out,
+    model_out,
+    preview_out,
     repositories_out,
     users_out,
     version_detail_out,
@@ -27,6 +30,8 @@ from suanli.schemas.data import (
     CommitOutput,
     ImportCreate,
     ImportOut,
+    InspectOut,
+    PreviewOut,
     RepoName,
     RepositoryCreate,
     RepositoryListQuery,
@@ -41,7 +46,7 @@ from suanli.schemas.data import (
     VersionOut,
 )
 from suanli.schemas.types import Name, text
-from suanli.services import data, imports, outputs, verification
+from suanli.services import data, imports, inspection, outputs, verification
 from suanli.services.actor import Actor
 
 ProjectName = Annotated[Name, Path()]
@@ -197,6 +202,50 @@ def repository_router(kind: str, plural: str) -> APIRouter:
             filename=path.rsplit("/", 1)[-1],
             headers={"ETag": f'"{found.sha256}"', "X-Content-Sha256": found.sha256},
         )
+
+    @router.get(
+        "/{project}/{name}/versions/{version}/preview/{path:path}", response_model=PreviewOut
+    )
+    def preview(
+        project: ProjectName,
+        name: Repo,
+        version: VersionRef,
+        path: str,
+        request: Request,
+        caller: CallerDep,
+        session: SessionDep,
+        store: StoreDep,
+        rows: Annotated[int, Query(ge=1, le=1000)] = 20,
+    ) -> PreviewOut:
+        """The first rows and the columns of a table (json, jsonl, csv, tsv, parquet, arrow),
+        the first lines of a text, an image's size; a malformed file says so."""
+        repository = find(session, caller.actor, project, name)
+        found = data.file_of(session, data.version_of(session, repository, version), path)
+        shown = inspection.preview_file(store, found, rows)
+        return preview_out(path, shown, language_of(request))
+
+    @router.get("/{project}/{name}/versions/{version}/inspect", response_model=InspectOut)
+    def inspect(
+        project: ProjectName,
+        name: Repo,
+        version: VersionRef,
+        request: Request,
+        caller: CallerDep,
+        session: SessionDep,
+        store: StoreDep,
+    ) -> InspectOut:
+        """A model: its layout (format, architecture, parameters, dtype, size, tokenizer).
+        A dataset: each data file checked as LLaMA-Factory reads it (with its
+        dataset_info.json where there is one)."""
+        repository = find(session, caller.actor, project, name)
+        found = data.version_of(session, repository, version)
+        language = language_of(request)
+        if kind == "model":
+            return InspectOut(
+                model=model_out(inspection.model_layout(session, store, found), language)
+            )
+        checks = inspection.dataset_checks(session, store, found)
+        return InspectOut(datasets=[check_out(c, language) for c in checks])
 
     @router.post("/{project}/{name}/versions/{version}/verify", response_model=VerifyOut)
     def verify(
