@@ -119,7 +119,11 @@ class MetricsController:
         with self.database.reading() as session:
             active = list(session.scalars(select(Job).where(Job.state.in_(ACTIVE))))
             shares = gpu_shares(active)
-            failed = alerting.failed_since(session, self._last_tick or now)
+            since = self._last_tick or now
+            events = [("job.failed", labels) for labels in alerting.failed_since(session, since)]
+            events += [
+                ("data.corrupt", labels) for labels in alerting.corrupt_since(session, since)
+            ]
             missing = list(session.scalars(select(GpuDevice).where(GpuDevice.present.is_(False))))
         handles = {
             job.id: job.handle for job in active if job.handle and job.state == State.running
@@ -140,7 +144,7 @@ class MetricsController:
             session.commit()
         self.latest = [*samples, *energy]
         self._last_tick = now
-        self.alerts.evaluate(self.database, self.latest, failed, now)
+        self.alerts.evaluate(self.database, self.latest, events, now)
 
     def _account_energy(
         self, session: Session, samples: Sequence[Sample], elapsed: float

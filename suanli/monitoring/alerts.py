@@ -68,6 +68,10 @@ EVENTS: dict[str, Event] = {
     "job.failed": Event(
         "A job ended in the failed state", ("job", "job_name", "project", "user", "node")
     ),
+    "data.corrupt": Event(
+        "A stored file of a dataset or model no longer matches its checksum, or is gone",
+        ("sha256", "state", "project", "repository", "version", "path"),
+    ),
 }
 
 

@@ -26,9 +26,13 @@ from suanli.db.models import (
     AlertEvent,
     AlertRule,
     AlertSilence,
+    Blob,
+    DataFile,
+    DataVersion,
     Job,
     JobEvent,
     Notification,
+    Repository,
     utcnow,
 )
 from suanli.monitoring import alerts, channels
@@ -102,6 +106,33 @@ def failed_since(session: Session, since: float) -> list[dict[str, object]]:
     ]
 
 
+def corrupt_since(session: Session, since: float) -> list[dict[str, object]]:
+    """The labels of the blobs found corrupt or missing since `since` (epoch seconds), each
+    with one version and file that hold it: the `data.corrupt` events."""
+    found = session.execute(
+        select(Blob.sha256, Blob.state, DataFile.path, DataVersion.number, Repository)
+        .join(DataFile, DataFile.sha256 == Blob.sha256)
+        .join(DataVersion, DataVersion.id == DataFile.version_id)
+        .join(Repository, Repository.id == DataVersion.repository_id)
+        .options(selectinload(Repository.project))
+        .where(Blob.state != "ok", Blob.verified_at >= utc(since))
+    ).all()
+    labels: dict[str, dict[str, object]] = {}
+    for sha256, state, path, number, repository in found:
+        labels.setdefault(
+            sha256,
+            {
+                "sha256": sha256,
+                "state": state,
+                "project": repository.project.name,
+                "repository": f"{repository.kind}:{repository.name}",
+                "version": number,
+                "path": path,
+            },
+        )
+    return list(labels.values())
+
+
 class AlertBook:
     """The pending and firing alerts of this process, rebuilt from the open events of the
     database after a restart (so a firing alert is not announced twice)."""
@@ -114,9 +145,10 @@ class AlertBook:
         self,
         database: Database,
         samples: Sequence[Sample],
-        failed: Sequence[dict[str, object]],
+        events: Sequence[tuple[str, dict[str, object]]],
         now: float,
     ) -> None:
+        """`events`: (event name, labels) of what happened since the last evaluation."""
         with database.reading() as session:
             rules = [rule_of(r) for r in session.scalars(select(AlertRule))]
             silences = all_silences(session)
@@ -124,8 +156,8 @@ class AlertBook:
                 self.alerts = _open_alerts(session)
         evaluation = alerts.evaluate(rules, samples, self.alerts, now)
         changes = list(evaluation.changes)
-        for labels in failed:
-            changes += alerts.event_alerts(rules, "job.failed", labels, now)
+        for event, labels in events:
+            changes += alerts.event_alerts(rules, event, labels, now)
         if changes:
             by_id = {rule.id: rule for rule in rules}
             with database.writing() as session:

@@ -6,6 +6,7 @@ Create Date: 2026-12-04 22:40:00.000000
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -160,6 +161,40 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("inputs", sa.JSON(), nullable=False, server_default="[]"))
+
+    alert_rules = sa.table(
+        "alert_rules",
+        sa.column("name", sa.String),
+        sa.column("kind", sa.String),
+        sa.column("metric", sa.String),
+        sa.column("match", sa.JSON),
+        sa.column("op", sa.String),
+        sa.column("threshold", sa.Float),
+        sa.column("for_seconds", sa.Integer),
+        sa.column("severity", sa.String),
+        sa.column("enabled", sa.Boolean),
+        sa.column("created_at", UTCDateTime(timezone=True)),
+        sa.column("updated_at", UTCDateTime(timezone=True)),
+    )
+    now = datetime.now(UTC)
+    op.bulk_insert(
+        alert_rules,
+        [
+            {
+                "name": "Stored data corrupt",
+                "kind": "event",
+                "metric": "data.corrupt",
+                "match": {},
+                "op": ">",
+                "threshold": 0,
+                "for_seconds": 0,
+                "severity": "critical",
+                "enabled": True,
+                "created_at": now,
+                "updated_at": now,
+            }
+        ],
+    )
 
 
 def downgrade() -> None:
