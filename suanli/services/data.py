@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from suanli.core.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
@@ -224,16 +225,20 @@ def create_version(
         file_count=len(manifest),
         size_bytes=sum(size for _, size in manifest.values()),
     )
-    session.add(version)
-    session.flush()
-    session.add_all(
-        DataFile(version_id=version.id, path=path, sha256=sha, size=size)
-        for path, (sha, size) in manifest.items()
-    )
-    for tag in (LATEST, *body.tags):
-        _point(session, repository.id, tag, version.id)
-    _audit(session, actor, f"{repository.kind}.version", repository, version=number)
-    session.flush()
+    try:
+        session.add(version)
+        session.flush()  # another version with this number: the unique index says so here
+        session.add_all(
+            DataFile(version_id=version.id, path=path, sha256=sha, size=size)
+            for path, (sha, size) in manifest.items()
+        )
+        for tag in (LATEST, *body.tags):
+            _point(session, repository.id, tag, version.id)
+        _audit(session, actor, f"{repository.kind}.version", repository, version=number)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict("error.version_raced", name=repository.name) from None
     store.build_tree(version.id, ((path, sha) for path, (sha, _) in manifest.items()))
     try:
         commit(session, "error.version_raced", name=repository.name)

@@ -199,8 +199,13 @@ def repository_router(kind: str, plural: str) -> APIRouter:
         found = data.file_of(session, data.version_of(session, repository, version), path)
         return FileResponse(
             store.path_of(found.sha256),
+            media_type="application/octet-stream",  # never rendered: a user's html is bytes
             filename=path.rsplit("/", 1)[-1],
-            headers={"ETag": f'"{found.sha256}"', "X-Content-Sha256": found.sha256},
+            headers={
+                "ETag": f'"{found.sha256}"',
+                "X-Content-Sha256": found.sha256,
+                "X-Content-Type-Options": "nosniff",
+            },
         )
 
     @router.get(
