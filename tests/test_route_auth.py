@@ -27,6 +27,9 @@ PUBLIC = {
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
+    # tus discovery: the protocol's version and extensions, the same for everyone.
+    ("OPTIONS", "/api/v1/uploads"),
+    ("OPTIONS", "/api/v1/uploads/{upload_id}"),
 }
 # Mounted, not routed: the vendored static files (scripts and styles, no data).
 PUBLIC_MOUNTS = {"/static"}

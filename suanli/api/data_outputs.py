@@ -107,11 +107,15 @@ def versions_out(session: Session, repository: Repository) -> list[VersionOut]:
 
 
 def version_detail_out(
-    session: Session, repository: Repository, version: DataVersion, prefix: str = ""
+    session: Session,
+    repository: Repository,
+    version: DataVersion,
+    prefix: str = "",
+    after: str = "",
 ) -> VersionDetailOut:
-    """With its manifest (the first FILES_SHOWN files under `prefix`)."""
+    """With its manifest: FILES_SHOWN files under `prefix`, from the one `after` that path."""
     tags = data.tags_by_version(session, repository.id).get(version.id, [])
-    files = data.files_of(session, version.id, limit=FILES_SHOWN, prefix=prefix)
+    files = data.files_of(session, version.id, limit=FILES_SHOWN, prefix=prefix, after=after)
     return VersionDetailOut(
         **version_out(version, tags).model_dump(),
         repository=f"{repository.project.name}/{repository.name}",

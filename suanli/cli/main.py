@@ -16,6 +16,7 @@ from suanli import __version__
 from suanli.cli import (
     audit,
     config,
+    data,
     deployments,
     envs,
     jobs,
@@ -62,6 +63,8 @@ app.command("submit")(jobs.submit)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(envs.app, name="envs")
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(data.datasets_app, name="datasets")
+app.add_typer(data.models_app, name="models")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(nodes.gpus_app, name="gpus")
 app.command("alerts")(monitoring.alerts)

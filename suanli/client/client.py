@@ -78,6 +78,12 @@ class Client:
         self.devenvs = DevEnvs(self)
         self.deployments = Deployments(self)
         self.ssh_keys = SshKeys(self)
+        # Imported here: the data groups build on this module's ApiError and _Group.
+        from suanli.client.data import Repositories, Uploads
+
+        self.datasets = Repositories(self, "datasets")
+        self.models = Repositories(self, "models")
+        self.uploads = Uploads(self)
 
     def __enter__(self) -> Client:
         return self

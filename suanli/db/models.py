@@ -524,10 +524,16 @@ class Repository(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     project: Mapped[Project] = relationship()
+    # Deleted with it, by the database (ON DELETE CASCADE), loaded or not.
     versions: Mapped[list["DataVersion"]] = relationship(
-        back_populates="repository", passive_deletes=True, order_by="DataVersion.number"
+        back_populates="repository",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="DataVersion.number",
     )
-    tags: Mapped[list["DataTag"]] = relationship(passive_deletes=True, order_by="DataTag.name")
+    tags: Mapped[list["DataTag"]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="DataTag.name"
+    )
 
 
 class DataVersion(Base):

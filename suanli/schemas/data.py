@@ -68,7 +68,7 @@ class RepositoryUpdate(RequestModel):
 class RepositoryListQuery(RequestModel):
     project: Name | None = None
     # Only what the administrators curated.
-    catalogue: Flag = False
+    catalogue: bool = False
     limit: Annotated[int, Field(ge=1, le=1000)] = 200
 
 

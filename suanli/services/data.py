@@ -270,11 +270,20 @@ def version_of(
 
 
 def files_of(
-    session: Session, version_id: int, *, limit: int | None = None, prefix: str = ""
+    session: Session,
+    version_id: int,
+    *,
+    limit: int | None = None,
+    prefix: str = "",
+    after: str = "",
 ) -> Sequence[DataFile]:
+    """In path order (the database's collation, which `after` compares with too, so pages
+    follow each other on every database)."""
     statement = select(DataFile).where(DataFile.version_id == version_id).order_by(DataFile.path)
     if prefix:
         statement = statement.where(DataFile.path.startswith(prefix, autoescape=True))
+    if after:
+        statement = statement.where(DataFile.path > after)
     if limit is not None:
         statement = statement.limit(limit)
     return session.scalars(statement).all()

@@ -150,12 +150,13 @@ def repository_router(kind: str, plural: str) -> APIRouter:
         caller: CallerDep,
         session: SessionDep,
         prefix: Prefix = "",
+        after: Prefix = "",
     ) -> VersionDetailOut:
-        """With its manifest: path, size and sha256 of each file (the first 1000 under
-        `prefix`)."""
+        """With its manifest: path, size and sha256 of each file, in path order, 1000 at a
+        time (under `prefix`; the next ones: `after` the last path received)."""
         repository = find(session, caller.actor, project, name)
         found = data.version_of(session, repository, version)
-        return version_detail_out(session, repository, found, prefix)
+        return version_detail_out(session, repository, found, prefix, after)
 
     @router.delete("/{project}/{name}/versions/{version}", status_code=204)
     def remove_version(
