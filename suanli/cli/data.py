@@ -6,6 +6,8 @@ named NAME with --project, or PROJECT/NAME; a version by number or tag after @ (
 NAME@prod; without one, `latest`).
 """
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,7 +45,7 @@ from suanli.cli.session import connect
 from suanli.client import ApiError, Client
 from suanli.client.data import Progress, Repositories
 from suanli.core.quantities import format_bytes
-from suanli.schemas.data import RepositoryOut, UserOfOut
+from suanli.schemas.data import ImportOut, RepositoryOut, UserOfOut
 
 LATEST = "latest"
 ProjectOption = Annotated[
@@ -382,6 +384,114 @@ def repository_app(kind: str, plural: str) -> App:
             )
             console().print(line)
 
+    @app.command("commit")
+    def commit_output(
+        job: Annotated[int, typer.Argument(min=1, help="The job or dev environment id.")],
+        path: Annotated[str, typer.Argument(help="A folder inside its own folder, e.g. out.")],
+        name: Annotated[str, typer.Option("--name", "-n", help="NAME or PROJECT/NAME.")],
+        message: Annotated[str, typer.Option("--message", "-m")] = "",
+        project: ProjectOption = None,
+        json: JsonOption = False,
+    ) -> None:
+        """Make a workload's output folder a new version, with its lineage (the workload and
+        the versions it read). The repository is made if missing."""
+        project, name, _ = address(name, project)
+        with connect() as client:
+            _ensure(group(client), kind, project, name, json)
+            version = group(client).commit_output(project, name, job, path, message)
+        data = version.model_dump(mode="json")
+        report(
+            json,
+            "cli.data.committed",
+            data,
+            repository=version.repository,
+            version=version.number,
+            files=version.file_count,
+            job=job,
+        )
+
+    @app.command("import")
+    def start_import(
+        name: Name,
+        url: Annotated[str, typer.Argument(help="Where from: http(s)://, ftp://, sftp://, git.")],
+        project: ProjectOption = None,
+        source_kind: Annotated[
+            str, typer.Option("--kind", help="http, ftp, sftp, git or s3.")
+        ] = "http",
+        ref: Annotated[str | None, typer.Option(help="git: a branch or tag.")] = None,
+        lfs: Annotated[bool, typer.Option(help="git: fetch git-lfs files.")] = False,
+        username: Annotated[str | None, typer.Option(help="ftp, sftp, http: the user.")] = None,
+        password: Annotated[
+            bool, typer.Option("--password", help="Ask for a password (never on the line).")
+        ] = False,
+        bucket: Annotated[str | None, typer.Option(help="s3: the bucket.")] = None,
+        prefix: Annotated[str, typer.Option(help="s3: the key prefix.")] = "",
+        region: Annotated[str, typer.Option(help="s3: the region.")] = "us-east-1",
+        unpack: Annotated[bool, typer.Option(help="Unpack zip and tar archives.")] = False,
+        message: Annotated[str, typer.Option("--message", "-m")] = "",
+        wait: Annotated[bool, typer.Option(help="Follow it with a progress bar.")] = True,
+        json: JsonOption = False,
+    ) -> None:
+        """Fetch a remote source into a new version, in the background. S3 keys are read
+        from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; a password is asked for."""
+        project, name, _ = address(name, project)
+        source: dict[str, Any] = {
+            "kind": source_kind,
+            "url": url,
+            "ref": ref,
+            "lfs": lfs,
+            "username": username,
+            "bucket": bucket,
+            "prefix": prefix,
+            "region": region,
+            "unpack": unpack,
+        }
+        if password:
+            source["password"] = typer.prompt(t("cli.data.password"), hide_input=True)
+        if source_kind == "s3":
+            source["access_key"] = os.environ.get("AWS_ACCESS_KEY_ID") or None
+            source["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+        source = {key: value for key, value in source.items() if value not in (None, "", False)}
+        with connect() as client:
+            _ensure(group(client), kind, project, name, json)
+            row = group(client).start_import(project, name, source, message)
+            if wait:
+                row = _follow(client, row.id, json)
+        if json:
+            print_json(row)
+        elif row.state == "succeeded":
+            say("cli.data.imported", repository=row.repository, version=row.version)
+        elif wait:
+            fail(t("cli.data.import_ended", state=label("import", row.state), error=row.error))
+            raise typer.Exit(1)
+        else:
+            say("cli.data.import_started", id=row.id)
+
+    @app.command("imports")
+    def list_imports(name: Name, project: ProjectOption = None, json: JsonOption = False) -> None:
+        """The repository's imports, newest first."""
+        project, name, _ = address(name, project)
+        with connect() as client:
+            found = group(client).imports(project, name)
+        if json:
+            print_json(found)
+            return
+        table(
+            ["id", "state", "source", "progress", "version", "user", "created"],
+            [
+                (
+                    row.id,
+                    label("import", row.state),
+                    row.source.get("url", ""),
+                    _progress(row),
+                    row.version,
+                    row.user,
+                    row.created_at,
+                )
+                for row in found
+            ],
+        )
+
     return app
 
 
@@ -528,6 +638,91 @@ def _transfer(json: bool) -> Iterator[_Bars]:
         raise typer.Exit(1) from None
     finally:
         bars.close()
+
+
+def _progress(row: ImportOut) -> str:
+    done = format_bytes(row.done_bytes)
+    return f"{done} / {format_bytes(row.total_bytes)}" if row.total_bytes else done
+
+
+def _follow(client: Client, import_id: int, json: bool) -> ImportOut:
+    """Poll an import until it ends, with a bar over its bytes; Ctrl-C leaves it running."""
+    bar = Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=error_console(),
+        disable=json,
+        transient=True,
+    )
+    try:
+        with bar:
+            task = bar.add_task(t("cli.data.importing"), total=None)
+            while True:
+                row = client.imports.get(import_id)
+                bar.update(task, completed=row.done_bytes, total=row.total_bytes)
+                if row.state in ("succeeded", "failed", "cancelled"):
+                    return row
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        fail(t("cli.data.import_left_running", id=import_id), "aborted")
+        raise typer.Exit(130) from None
+
+
+imports_app = App(help="Imports of datasets and models by id: show, cancel, retry.")
+
+
+@imports_app.command("show")
+def show_import(
+    import_id: Annotated[int, typer.Argument(min=1, metavar="ID")], json: JsonOption = False
+) -> None:
+    """An import's state, progress and error."""
+    with connect() as client:
+        row = client.imports.get(import_id)
+    _import_fields(row, json)
+
+
+@imports_app.command("cancel")
+def cancel_import(
+    import_id: Annotated[int, typer.Argument(min=1, metavar="ID")], json: JsonOption = False
+) -> None:
+    """Stop an import: a queued one at once, a running one at its next chunk. No version."""
+    with connect() as client:
+        row = client.imports.cancel(import_id)
+    _import_fields(row, json)
+
+
+@imports_app.command("retry")
+def retry_import(
+    import_id: Annotated[int, typer.Argument(min=1, metavar="ID")],
+    wait: Annotated[bool, typer.Option(help="Follow it with a progress bar.")] = True,
+    json: JsonOption = False,
+) -> None:
+    """Run a failed or cancelled import again; what it fetched before is resumed."""
+    with connect() as client:
+        row = client.imports.retry(import_id)
+        if wait:
+            row = _follow(client, row.id, json)
+    _import_fields(row, json)
+
+
+def _import_fields(row: ImportOut, json: bool) -> None:
+    if json:
+        print_json(row)
+        return
+    fields(
+        [
+            ("id", row.id),
+            ("repository", row.repository),
+            ("state", label("import", row.state)),
+            ("source", row.source.get("url", "")),
+            ("progress", _progress(row)),
+            ("version", row.version),
+            ("error", row.error or "-"),
+        ]
+    )
 
 
 datasets_app = repository_app("dataset", "datasets")

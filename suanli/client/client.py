@@ -79,11 +79,12 @@ class Client:
         self.deployments = Deployments(self)
         self.ssh_keys = SshKeys(self)
         # Imported here: the data groups build on this module's ApiError and _Group.
-        from suanli.client.data import Repositories, Uploads
+        from suanli.client.data import Imports, Repositories, Uploads
 
         self.datasets = Repositories(self, "datasets")
         self.models = Repositories(self, "models")
         self.uploads = Uploads(self)
+        self.imports = Imports(self)
 
     def __enter__(self) -> Client:
         return self

@@ -32,6 +32,7 @@ from suanli.data import paths
 from suanli.i18n import translate
 from suanli.schemas.data import (
     FileOut,
+    ImportOut,
     RepositoryOut,
     StorageOut,
     UserOfOut,
@@ -131,6 +132,19 @@ class Uploads(_Group):
             body = {"project": project, "sha256": wanted[start : start + MISSING_BATCH]}
             lacking += self._client.request("POST", "uploads/missing", json=body)
         return lacking
+
+
+class Imports(_Group):
+    """Imports by id: follow, cancel, retry."""
+
+    def get(self, import_id: int) -> ImportOut:
+        return self._client.get(f"imports/{import_id}", ImportOut)
+
+    def cancel(self, import_id: int) -> ImportOut:
+        return ImportOut.model_validate(self._client.request("POST", f"imports/{import_id}/cancel"))
+
+    def retry(self, import_id: int) -> ImportOut:
+        return ImportOut.model_validate(self._client.request("POST", f"imports/{import_id}/retry"))
 
 
 class Repositories(_Group):
@@ -267,6 +281,28 @@ class Repositories(_Group):
             body["base"] = base
         data = self._client.request("POST", self._path(project, name, "versions"), json=body)
         return VersionDetailOut.model_validate(data)
+
+    def commit_output(
+        self, project: str, name: str, job: int, path: str, message: str = ""
+    ) -> VersionDetailOut:
+        """Workload `job`'s folder `path` (inside its own folder) as a new version, with its
+        lineage: the workload and the versions it read."""
+        body = {"job": job, "path": path, "message": message}
+        data = self._client.request("POST", self._path(project, name, "commit"), json=body)
+        return VersionDetailOut.model_validate(data)
+
+    def start_import(
+        self, project: str, name: str, source: dict[str, Any], message: str = ""
+    ) -> ImportOut:
+        """Fetch `source` (kind, url, and what the kind needs; see ImportSource) into a new
+        version in the background; follow it with `client.imports.get(id)`."""
+        body = {"source": source, "message": message}
+        data = self._client.request("POST", self._path(project, name, "imports"), json=body)
+        return ImportOut.model_validate(data)
+
+    def imports(self, project: str, name: str) -> list[ImportOut]:
+        """The repository's imports, newest first."""
+        return self._client.get(self._path(project, name, "imports"), list[ImportOut])
 
     def download(
         self, project: str, name: str, ref: str, path: str, to: Path, resume: bool = True

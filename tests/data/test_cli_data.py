@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from waiting import wait_for
 
 from suanli.cli.main import main
 from suanli.client import Client
@@ -305,3 +306,29 @@ def test_chinese_output_has_no_untranslated_keys(cli, admin: Client, make_user, 
         text = out + err
         assert "cli." not in text and "label." not in text and "error." not in text, text
     assert "已创建模型" in outputs[0][1]
+
+
+def test_import_and_commit_from_the_cli(cli, admin: Client, make_user, tmp_path) -> None:
+    """`import` follows a background import to its version (here refused: the shared server
+    does not fetch from loopback) and `commit` makes a job's output a version."""
+    project = owner_of_a_project(admin, make_user, cli)
+    code, out, err = cli("datasets", "import", "web", "http://127.0.0.1:9/x.bin", "-p", project)
+    assert code == 1 and "Traceback" not in err
+    code, out, _ = cli("datasets", "imports", "web", "-p", project, "--json")
+    (row,) = json.loads(out)
+    assert row["state"] == "failed" and row["error"]
+    code, out, _ = cli("imports", "show", str(row["id"]), "--json")
+    assert code == 0 and json.loads(out)["id"] == row["id"]
+    sdk = cli.person.client
+    job = sdk.jobs.submit(
+        {
+            "project": project,
+            "script": "mkdir out && echo w > out/w.bin",
+            "resources": {"cpus": 0.1, "memory": "64Mi"},
+        }
+    )
+    wait_for(lambda: sdk.jobs.get(job.id).state == "succeeded", 60, "the job")
+    code, out, err = cli("models", "commit", str(job.id), "out", "-n", "m", "-p", project, "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["job_id"] == job.id and [f["path"] for f in made["files"]] == ["w.bin"]
