@@ -7,6 +7,10 @@ environment's node, which it reaches with its own key: shells and commands (with
 a terminal), SFTP (and so scp), and TCP port forwarding (VS Code Remote-SSH's and PyCharm's
 IDE servers). What runs, runs in the environment: its GPUs, limits, directory and user.
 
+The login `data` is not an environment: `sftp -P <port> data@<server>` (or scp, WinSCP) opens
+the user's datasets and models instead, served here (suanli.data.sftp). A user's environment
+named `data` is still entered as `data.<user>`.
+
 The host key lives in the data directory, so users' clients recognise the server after a
 restart. Database lookups run in threads: the gateway shares uvicorn's event loop.
 """
@@ -20,6 +24,8 @@ from typing import Any
 import asyncssh
 
 from suanli.config import Settings
+from suanli.data import sftp
+from suanli.data.store import BlobStore
 from suanli.db.engine import Database
 from suanli.devenvs import endpoints, keys
 from suanli.i18n import DEFAULT_LANGUAGE, translate
@@ -34,6 +40,7 @@ class Gateway:
         self.settings = settings
         self.database = database
         self.client_key = keys.client_key(settings.data_dir)
+        self.data = sftp.DataFiles(database, BlobStore(settings.data_dir / "data"))
         self.server: asyncssh.SSHAcceptor | None = None
         self.connections: dict[asyncssh.SSHServerConnection, _Connection] = {}
 
@@ -73,6 +80,7 @@ class _Connection(asyncssh.SSHServer):
         self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.entry: Entry | None = None
+        self.person: sftp.Person | None = None  # signed in with the `data` login
         self.language = DEFAULT_LANGUAGE  # the signed-in user's, for what is said to them
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
@@ -94,6 +102,8 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if username == sftp.LOGIN:
+            return await self._data_login(key)
         entry, language = await asyncio.to_thread(self.gateway.lookup, username, key)
         if entry is None:
             log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), username)
@@ -104,11 +114,28 @@ class _Connection(asyncssh.SSHServer):
         self.entry, self.language = entry, language
         return True
 
-    def session_requested(self) -> "_Relay":
+    async def _data_login(self, key: asyncssh.SSHKey) -> bool:
+        """The `data` login: any user's registered key; what they may see is decided later,
+        path by path."""
+        peer = self.conn.get_extra_info("peername") if self.conn is not None else None
+        address = str(peer[0]) if peer else ""
+        person = await asyncio.to_thread(self.gateway.data.person, key, address)
+        if person is None:
+            log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), sftp.LOGIN)
+            return False
+        self.person = person
+        self.language = person.language or DEFAULT_LANGUAGE
+        return True
+
+    def session_requested(self) -> "_Relay | sftp.DataSession":
+        if self.person is not None:
+            return sftp.DataSession(self.gateway.data, self.person)
         return _Relay(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, *_: Any) -> Any:
         """Port forwarding (ssh -L, IDEs): opened from the environment's side."""
+        if self.person is not None:
+            return False  # the data login has no environment to forward into
         return functools.partial(self._forward, dest_host, dest_port)
 
     async def _forward(
