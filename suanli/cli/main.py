@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from suanli import __version__
 from suanli.cli import (
+    admin,
     audit,
     config,
     data,
@@ -65,6 +66,8 @@ app.add_typer(envs.app, name="envs")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.models_app, name="models")
+app.add_typer(data.imports_app, name="imports")
+app.add_typer(admin.app, name="admin")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(nodes.gpus_app, name="gpus")
 app.command("alerts")(monitoring.alerts)

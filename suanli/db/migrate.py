@@ -33,15 +33,16 @@ def is_current(engine: Engine) -> bool:
     return current_revision(engine) == head_revision(engine)
 
 
-def upgrade(engine: Engine) -> None:
-    """Upgrade to head. On PostgreSQL an advisory lock keeps concurrent starts from racing."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade to `revision` (a restore: the backup's). On PostgreSQL an advisory lock keeps
+    concurrent starts from racing."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             try:
-                command.upgrade(_config(engine), "head")
+                command.upgrade(_config(engine), revision)
             finally:
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 connection.commit()
     else:
-        command.upgrade(_config(engine), "head")
+        command.upgrade(_config(engine), revision)
