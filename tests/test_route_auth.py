@@ -1,6 +1,7 @@
 """Every route needs a signed-in caller, except the few that are public on purpose; and no
 route shows a stranger anything of a project that is not theirs."""
 
+import base64
 import json
 import re
 import secrets
@@ -92,10 +93,17 @@ def test_every_console_page_but_login_needs_a_session_and_every_form_a_csrf_toke
                 assert response.status_code == 303, (method, route.path, response.status_code)
                 assert response.headers["location"].startswith("/login"), route.path
             else:
-                refused = client.post(path, data={"language": "en"})
+                refused = client.request(method, path, data={"language": "en"})
                 assert refused.status_code == 403, (method, route.path, refused.status_code)
                 client.cookies.set("suanli_csrf", anonymous_csrf)
-                response = client.post(path, data={"csrf_token": anonymous_csrf, "language": "en"})
+                # The token as a form field and as the header (htmx's, and the only one the
+                # console's tus endpoint reads: it never reads a form from its body).
+                response = client.request(
+                    method,
+                    path,
+                    data={"csrf_token": anonymous_csrf, "language": "en"},
+                    headers={"X-CSRF-Token": anonymous_csrf},
+                )
                 client.cookies.clear()
                 if (method, route.path) in PUBLIC:
                     assert response.status_code != 403, (method, route.path)
@@ -156,6 +164,11 @@ class Planted:
     replica: int
     gpu: str
     node: str
+    dataset: str  # private, with version 1 (tag prod) holding `file`, and an import
+    model: str
+    file: str
+    import_id: int
+    upload_id: str
     names: tuple[str, ...]  # every name a stranger must never read
 
     @property
@@ -202,6 +215,36 @@ def plant(url: str, admin: httpx.Client) -> Planted:
 
     wait_for(fired)
     wait_for(lambda: job_series(admin, running["id"]))
+    dataset, model, file = unique("secretdata"), unique("secretmodel"), unique("secretfile")
+    made("/api/v1/datasets", {"name": dataset})
+    made("/api/v1/models", {"name": model})
+    content = b"secret rows"
+    offer = {
+        "Tus-Resumable": "1.0.0",
+        "Upload-Length": str(len(content)),
+        "Upload-Metadata": "project " + base64.b64encode(project.encode()).decode(),
+    }
+    upload = theirs.post("/api/v1/uploads", headers=offer)
+    sent = theirs.patch(
+        upload.headers["Location"],
+        content=content,
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    entry = {"path": file, "sha256": sent.headers["Upload-Sha256"], "size": len(content)}
+    for kind, name in (("datasets", dataset), ("models", model)):
+        version = theirs.post(
+            f"/api/v1/{kind}/{project}/{name}/versions", json={"files": [entry], "tags": ["prod"]}
+        )
+        assert version.status_code == 201, version.text
+    started = theirs.post(
+        f"/api/v1/datasets/{project}/{dataset}/imports",
+        json={"source": {"kind": "http", "url": "http://127.0.0.1:9/secret.bin"}},
+    )
+    assert started.status_code == 202, started.text
     match = {"alertname": "Job failed", "job": str(failed["id"]), "project": project}
     assert admin.post("/api/v1/alerts/silences", json={"match": match}).status_code == 201
     rule = {"name": unique("watch"), "kind": "event", "metric": "job.failed"}
@@ -218,7 +261,12 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         replica=replica,
         gpu=placement["gpus"][0]["uuid"],
         node=placement["node"],
-        names=(project, owner, failing, running_name, env_name, deployment_name),
+        dataset=dataset,
+        model=model,
+        file=file,
+        import_id=started.json()["id"],
+        upload_id=upload.headers["Location"].rsplit("/", 1)[-1],
+        names=(project, owner, failing, running_name, env_name, deployment_name, dataset, file),
     )
 
 
@@ -254,7 +302,18 @@ def path_values(path: str, planted: Planted) -> dict[str, str]:
         "uuid": planted.gpu,
         "tool": "terminal",
         "path:path": "",
+        "import_id": str(planted.import_id),
+        "upload_id": planted.upload_id,
     }
+    if path.startswith(("/api/v1/datasets/", "/datasets/", "/api/v1/models/", "/models/")):
+        model = path.startswith(("/api/v1/models/", "/models/"))
+        by_name.update(
+            project=planted.project,
+            name=planted.model if model else planted.dataset,
+            version="1",
+            tag="prod",
+        )
+        by_name["path:path"] = planted.file
     if path.startswith(("/api/v1/users/", "/admin/users/")):
         by_name["name"] = planted.owner
     elif path.startswith(("/api/v1/nodes/", "/nodes/")):
@@ -277,6 +336,8 @@ def queries(path: str, planted: Planted) -> list[dict[str, str]]:
         return [{}, {"project": planted.project}, {"user": planted.owner}]
     if path in ("/api/v1/deployments", "/deployments"):
         return [{}, {"project": planted.project}]
+    if path in ("/api/v1/datasets", "/datasets", "/api/v1/models", "/models"):
+        return [{}, {"project": planted.project}, {"catalogue": "true"}]
     if path in ("/api/v1/audit", "/admin/audit"):
         return [{}, {"project": planted.project}, {"actor": planted.owner}]
     if path == "/api/v1/alerts":

@@ -62,6 +62,8 @@ ROUTE_CLASSES: tuple[RouteClass, ...] = (
     # Uploads stream their body to disk, bounded by the length they declared at creation.
     RouteClass("/api/v1/uploads/", needs_token=True, capped=False),
     RouteClass("/api/", needs_token=True),
+    # The console's tus endpoint: the same streaming; it checks its session and CSRF first.
+    RouteClass("/data/uploads/", capped=False),
     RouteClass("/"),  # the console (and anything else)
 )
 
