@@ -129,9 +129,12 @@ def create_app(
                 gateway = Gateway(settings, database)
                 app.state.ssh_port = await gateway.start()
                 log.info(
-                    "SSH gateway: ssh <environment>@%s -p %s",
+                    "SSH gateway: ssh <environment>@%s -p %s; datasets and models: "
+                    "sftp -P %s data@%s",
                     settings.effective_ssh_host,
                     app.state.ssh_port,
+                    app.state.ssh_port,
+                    settings.effective_ssh_host,
                 )
         yield
         if gateway is not None:
