@@ -15,6 +15,7 @@ from suanli.schemas.data import (
     FileOut,
     FindingOut,
     ImportOut,
+    InspectOut,
     ModelLayoutOut,
     PreviewOut,
     RepositoryOut,
@@ -23,7 +24,7 @@ from suanli.schemas.data import (
     VersionOut,
 )
 from suanli.services import data
-from suanli.services.inspection import DatasetCheck
+from suanli.services.inspection import DatasetCheck, FileCheck
 
 FILES_SHOWN = 1000
 
@@ -200,8 +201,19 @@ def model_out(found: ModelLayout, language: str) -> ModelLayoutOut:
     )
 
 
-def check_out(found: DatasetCheck, language: str) -> DatasetCheckOut:
+def inspect_out(checked: DatasetCheck, language: str) -> InspectOut:
+    """A dataset's check: each file's report, and what its dataset_info.json got wrong."""
+    info = checked.info.problems if checked.info else []
+    return InspectOut(
+        datasets=[check_out(found, language) for found in checked.files],
+        info_problems=[translate(p.key, language, **p.params) for p in info],
+        more_files=checked.more,
+    )
+
+
+def check_out(found: FileCheck, language: str) -> DatasetCheckOut:
     report = found.report
+    findings = report.findings if report else []
     return DatasetCheckOut(
         path=found.path,
         entry=found.entry,
@@ -212,7 +224,7 @@ def check_out(found: DatasetCheck, language: str) -> DatasetCheckOut:
             FindingOut(
                 record=f.index + 1, problem=translate(f.problem.key, language, **f.problem.params)
             )
-            for f in (report.findings if report else [])
+            for f in findings
         ],
         counts=dict(report.counts) if report else {},
         truncated=report.truncated if report else False,

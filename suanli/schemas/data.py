@@ -255,7 +255,11 @@ class ModelLayoutOut(ResponseModel):
 
 
 class InspectOut(ResponseModel):
-    """A model's layout, or a dataset's format report per data file."""
+    """A model's layout; or a dataset's format report per data file (those its
+    dataset_info.json names, else its .json and .jsonl files: the first 5, 10,000 records
+    each), what is wrong with its dataset_info.json, and how many files were not checked."""
 
     model: ModelLayoutOut | None = None
     datasets: list[DatasetCheckOut] = Field(default_factory=list)
+    info_problems: list[str] = Field(default_factory=list)
+    more_files: int = 0

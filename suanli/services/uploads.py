@@ -31,9 +31,18 @@ from suanli.services.projects import access, writable
 
 LIFETIME = timedelta(hours=24)
 MAX_LENGTH = 2**53 - 1
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-def create(session: Session, actor: Actor, project_name: str, length: int, filename: str) -> Upload:
+def create(
+    session: Session,
+    actor: Actor,
+    store: BlobStore,
+    project_name: str,
+    length: int,
+    filename: str,
+) -> Upload:
+    """A new upload; an empty file is complete at once (tus clients send no PATCH for it)."""
     project, _ = access(session, actor, project_name, ProjectRole.member)
     writable(project)
     if not 0 <= length <= MAX_LENGTH:
@@ -49,6 +58,9 @@ def create(session: Session, actor: Actor, project_name: str, length: int, filen
     )
     session.add(upload)
     session.commit()
+    if length == 0:
+        file_of(store, upload).touch()
+        return finish(session, store, upload, EMPTY_SHA256)
     return upload
 
 

@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 
 from suanli.api.data_outputs import (
-    check_out,
     import_out,
+    inspect_out,
     model_out,
     preview_out,
     repositories_out,
@@ -250,8 +250,8 @@ def repository_router(kind: str, plural: str) -> APIRouter:
             return InspectOut(
                 model=model_out(inspection.model_layout(session, store, found), language)
             )
-        checks = inspection.dataset_checks(session, store, found)
-        return InspectOut(datasets=[check_out(c, language) for c in checks])
+        checked = inspection.check_dataset(inspection.blobs_of(session, store, found))
+        return inspect_out(checked, language)
 
     @router.post("/{project}/{name}/versions/{version}/verify", response_model=VerifyOut)
     def verify(

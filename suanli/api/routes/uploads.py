@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -82,19 +83,31 @@ def create(
     request: Request,
     caller: CallerDep,
     session: SessionDep,
+    store: StoreDep,
     upload_length: Annotated[int, Header(ge=0, le=uploads.MAX_LENGTH)],
     upload_metadata: Annotated[str, Header(max_length=8192)] = "",
 ) -> Response:
     """Start an upload of `Upload-Length` bytes into the project the metadata names."""
-    given = metadata(upload_metadata)
+    upload = start(session, store, caller.actor, upload_length, upload_metadata)
+    location = str(request.url_for("upload_offset", upload_id=upload.id))
+    return created(upload, location)
+
+
+def start(session: Session, store: BlobStore, actor: Actor, length: int, header: str) -> Upload:
+    """A POST's upload from its headers: the API's route and the console's both call this."""
+    given = metadata(header)
     project = given.get("project", "")
     if not project:
         raise InvalidInput("error.upload_project", field="Upload-Metadata")
-    upload = uploads.create(
-        session, caller.actor, project, upload_length, given.get("filename", "")
-    )
-    location = str(request.url_for("upload_offset", upload_id=upload.id))
-    return Response(status_code=201, headers={**TUS, "Location": location, "Upload-Offset": "0"})
+    return uploads.create(session, actor, store, project, length, given.get("filename", ""))
+
+
+def created(upload: Upload, location: str) -> Response:
+    """201 with where to send the bytes (and the sha256 of an empty file, complete at once)."""
+    headers = {**TUS, "Location": location, "Upload-Offset": str(upload.offset)}
+    if upload.sha256:
+        headers["Upload-Sha256"] = upload.sha256
+    return Response(status_code=201, headers=headers)
 
 
 @router.head("/{upload_id}", name="upload_offset")

@@ -15,9 +15,7 @@ form would read the body).
 """
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path as FilePath
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
@@ -35,10 +33,10 @@ from suanli.api.data_outputs import (
 )
 from suanli.api.deps import SessionDep, StoreDep
 from suanli.api.routes.data import ProjectName, Repo, Tag, VersionRef
-from suanli.api.routes.uploads import TUS, UploadId, headers_of, metadata, receive
-from suanli.core.errors import Forbidden, InvalidInput, NotFound, SuanliError
+from suanli.api.routes.uploads import TUS, UploadId, created, headers_of, receive, start
+from suanli.core.errors import Forbidden, NotFound, SuanliError
 from suanli.core.roles import ProjectRole
-from suanli.data import formats, layout, preview
+from suanli.data import layout, preview
 from suanli.data.store import BlobStore
 from suanli.db.models import DataVersion, Project, Repository
 from suanli.i18n import translate
@@ -52,7 +50,7 @@ from suanli.schemas.data import (
     VerifyOut,
     VersionCreate,
 )
-from suanli.services import data, projects, uploads, verification
+from suanli.services import data, inspection, projects, uploads, verification
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
 
@@ -66,10 +64,6 @@ ViewerDep = Annotated[Viewer, Depends(session.require_viewer)]
 Text = Annotated[str, Form()]
 PREVIEW_ROWS = 20
 # The LLaMA-Factory check on a version's page: this many files, this many records each.
-CHECK_FILES = 5
-CHECK_RECORDS = 10_000
-MAX_INFO = 16 << 20  # bytes of a dataset_info.json read
-CHECKED_SUFFIXES = (".json", ".jsonl")
 # Shown inline (as a thumbnail); every other file is sent as an attachment.
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -80,7 +74,6 @@ IMAGE_TYPES = {
 }
 # A tag as the API's path reads it: a bad one is refused on the form's field.
 TAG_NAME: TypeAdapter[str] = TypeAdapter(TagName)
-EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 @dataclass(frozen=True)
@@ -151,19 +144,9 @@ def create_upload(
     upload_length: Length,
     upload_metadata: Annotated[str, Header(max_length=8192)] = "",
 ) -> Response:
-    """Start an upload into the project the metadata names, as the API's POST /uploads; an
-    empty file is complete at once (tus-js-client sends no PATCH for it)."""
-    given = metadata(upload_metadata)
-    project = given.get("project", "")
-    if not project:
-        raise InvalidInput("error.upload_project", field="Upload-Metadata")
-    upload = uploads.create(db, viewer.actor, project, upload_length, given.get("filename", ""))
-    headers = {**TUS, "Location": f"{UPLOADS}/{upload.id}", "Upload-Offset": "0"}
-    if upload.length == 0:
-        uploads.file_of(store, upload).touch()
-        upload = uploads.finish(db, store, upload, EMPTY_SHA256)
-        headers["Upload-Sha256"] = EMPTY_SHA256
-    return Response(status_code=201, headers=headers)
+    """Start an upload into the project the metadata names, as the API's POST /uploads."""
+    upload = start(db, store, viewer.actor, upload_length, upload_metadata)
+    return created(upload, f"{UPLOADS}/{upload.id}")
 
 
 @_tus.head("/{upload_id}")
@@ -198,123 +181,6 @@ def discard_upload(
 
 
 # --- what a version holds -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    """LLaMA-Factory's word on one file: its report, or why it could not be read."""
-
-    path: str
-    entry: str | None  # its dataset_info.json entry, if one names it
-    report: formats.FormatReport | None = None
-    problem: preview.Problem | None = None
-
-
-@dataclass(frozen=True)
-class DatasetCheck:
-    info: formats.DatasetInfo | None  # None: the version has no dataset_info.json
-    files: list[FileCheck] = field(default_factory=list)
-    more: int = 0  # files that would be checked but were left out (CHECK_FILES)
-
-
-class _Unreadable(Exception):
-    def __init__(self, key: str, **params: Any) -> None:
-        super().__init__(key)
-        self.problem = preview.Problem(key, params)
-
-
-def _records(path: FilePath, name: str) -> Iterator[Any]:
-    """The records of a .json (an array) or .jsonl file, read lazily and within the bounds
-    the preview keeps."""
-    if name.endswith(".json"):
-        if path.stat().st_size > preview.MAX_JSON:
-            raise _Unreadable("web.data.preview.too_large", limit_mib=preview.MAX_JSON >> 20)
-        try:
-            document = json.loads(path.read_bytes().decode("utf-8-sig"))
-        except json.JSONDecodeError as error:
-            raise _Unreadable(
-                "web.data.preview.bad_json", line=error.lineno, column=error.colno
-            ) from None
-        yield from document if isinstance(document, list) else [document]
-        return
-    with path.open("rb") as file:
-        number = 0
-        while line := file.readline(preview.MAX_LINE + 1):
-            number += 1
-            if len(line) > preview.MAX_LINE:
-                raise _Unreadable(
-                    "web.data.preview.line_too_long", line=number, limit_mib=preview.MAX_LINE >> 20
-                )
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-            if not text:
-                continue
-            try:
-                yield json.loads(text)
-            except json.JSONDecodeError as error:
-                raise _Unreadable(
-                    "web.data.preview.bad_json", line=number, column=error.colno
-                ) from None
-
-
-def _check_file(path: str, blob: FilePath, entry: formats.DatasetEntry | None = None) -> FileCheck:
-    options: dict[str, Any] = {"limit": CHECK_RECORDS}
-    if entry is not None:
-        options.update(
-            formatting=entry.formatting,
-            columns=entry.columns,
-            tags=entry.tags,
-            ranking=entry.ranking,
-        )
-    name = entry.name if entry else None
-    try:
-        return FileCheck(path, name, report=formats.check_dataset(_records(blob, path), **options))
-    except _Unreadable as error:
-        problem = preview.Problem(error.problem.key, {"name": path, **error.problem.params})
-    except UnicodeDecodeError:
-        problem = preview.Problem("web.data.preview.bad_encoding", {"name": path})
-    except (OSError, RecursionError):
-        problem = preview.Problem("web.data.preview.unreadable", {"name": path})
-    return FileCheck(path, name, problem=problem)
-
-
-def check_dataset(files: Mapping[str, FilePath]) -> DatasetCheck:
-    """The files its dataset_info.json names (or, without one, its JSON files) as
-    LLaMA-Factory would read them: the first CHECK_RECORDS records of CHECK_FILES files."""
-    info = None
-    wanted: list[tuple[str, formats.DatasetEntry | None]] = []
-    if "dataset_info.json" in files:
-        info = _read_info(files["dataset_info.json"])
-        for entry in info.entries.values():
-            if entry.file_name in files and entry.file_name.endswith(CHECKED_SUFFIXES):
-                wanted.append((entry.file_name, entry))
-    else:
-        wanted = [(path, None) for path in sorted(files) if path.endswith(CHECKED_SUFFIXES)]
-    checked = [_check_file(path, files[path], entry) for path, entry in wanted[:CHECK_FILES]]
-    return DatasetCheck(info, checked, max(0, len(wanted) - CHECK_FILES))
-
-
-def _read_info(path: FilePath) -> formats.DatasetInfo:
-    try:
-        with path.open("rb") as file:
-            text = file.read(MAX_INFO + 1)
-    except OSError:
-        problem = preview.Problem("web.data.preview.unreadable", {"name": "dataset_info.json"})
-        return formats.DatasetInfo({}, [problem])
-    if len(text) > MAX_INFO:
-        problem = preview.Problem(
-            "web.data.preview.too_large", {"name": "dataset_info.json", "limit_mib": MAX_INFO >> 20}
-        )
-        return formats.DatasetInfo({}, [problem])
-    try:
-        return formats.read_dataset_info(text.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        problem = preview.Problem("web.data.preview.bad_encoding", {"name": "dataset_info.json"})
-        return formats.DatasetInfo({}, [problem])
-
-
-def _blobs(db: Session, store: BlobStore, version: DataVersion) -> dict[str, FilePath]:
-    """Every file of the version: its path there → its blob on disk."""
-    return {f.path: store.path_of(f.sha256) for f in data.files_of(db, version.id)}
 
 
 def problem_text(problem: preview.Problem | None, language: str) -> str:
@@ -376,7 +242,7 @@ def _version_page(
     if wanted:
         found = data.file_of(db, version, wanted)
         shown = preview.preview(store.path_of(found.sha256), found.path, rows=PREVIEW_ROWS)
-    blobs = _blobs(db, store, version)
+    blobs = inspection.blobs_of(db, store, version)
     base = f"/{kind.plural}/{repository.project.name}/{repository.name}"
     return render.page(
         request,
@@ -394,7 +260,7 @@ def _version_page(
         preview_path=wanted,
         shown=shown,
         image_types=IMAGE_TYPES,
-        checked=check_dataset(blobs) if kind is DATASET else None,
+        checked=inspection.check_dataset(blobs) if kind is DATASET else None,
         model=layout.inspect_model(blobs) if kind is MODEL else None,
         verified=verified,
         problem_text=lambda problem: problem_text(problem, request.state.language),
