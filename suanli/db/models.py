@@ -629,6 +629,7 @@ class Upload(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     length: Mapped[int] = mapped_column(BigInteger)
+    # The length once complete; while it runs, how far it got is the size of its file.
     offset: Mapped[int] = mapped_column(BigInteger, default=0)
     filename: Mapped[str] = mapped_column(String(1024), default="")
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # once complete

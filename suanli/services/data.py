@@ -377,7 +377,7 @@ def delete_tag(session: Session, actor: Actor, repository: Repository, tag: str)
 @dataclass(frozen=True)
 class Storage:
     used: int  # each blob the project holds, once
-    reserved: int  # bytes its unfinished uploads and running imports may still write
+    reserved: int  # what its unfinished uploads declared, and what running imports fetched
     limit: int | None
 
 
@@ -388,7 +388,7 @@ def storage(session: Session, project: Project) -> Storage:
         .where(ProjectBlob.project_id == project.id)
     )
     uploads = session.scalar(
-        select(func.coalesce(func.sum(Upload.length - Upload.offset), 0)).where(
+        select(func.coalesce(func.sum(Upload.length), 0)).where(
             Upload.project_id == project.id, Upload.sha256.is_(None)
         )
     )

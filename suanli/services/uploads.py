@@ -1,9 +1,10 @@
 """Resumable uploads (the tus protocol's state): one file into a project, until it is a blob.
 
 An upload is created with its length, which is checked against the project's storage
-before a byte is accepted, and reserved until it ends. Its bytes go to a file in the store's
-incoming/ folder; the file's size on disk is the truth about how much arrived (a request cut
-off halfway keeps what it wrote, and the client resumes from there). When the last byte is in,
+before a byte is accepted, and reserved (all of it) until it ends. Its bytes go to a file in
+the store's incoming/ folder; the file's size on disk is the truth about how much arrived (a
+request cut off halfway keeps what it wrote, and the client resumes from there). When the
+last byte is in,
 the file is hashed (as it streamed in, where the server saw it all), moved into the store
 and held by the project; the client then names it by sha256 in a version's manifest.
 
@@ -112,7 +113,7 @@ class Writer:
         elif kept is not None and kept[0] == self.offset:
             self.hasher = kept[1]
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray) -> None:
         if self.offset + len(chunk) > self.length:
             raise InvalidInput("error.upload_overflow", field="body", length=self.length)
         self.stream.write(chunk)
@@ -141,11 +142,6 @@ def finish(session: Session, store: BlobStore, upload: Upload, sha256: str | Non
     upload.sha256 = sha256
     session.commit()
     return upload
-
-
-def record(session: Session, upload: Upload, offset: int) -> None:
-    upload.offset = offset
-    session.commit()
 
 
 def remove(session: Session, store: BlobStore, upload: Upload) -> None:

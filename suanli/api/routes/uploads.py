@@ -10,8 +10,10 @@ file by it. The body streams to disk in large writes made in a worker thread: me
 flat and the event loop is never blocked, whatever the size.
 """
 
+import asyncio
 import base64
 import binascii
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
@@ -148,21 +150,31 @@ async def receive(
     database: Database = request.app.state.database
     upload, writer = await run_in_threadpool(_open, database, store, actor, upload_id, offset)
     complete = None
+    # One buffer is written (and hashed) in a worker thread while the next one arrives.
+    writing: asyncio.Future[None] | None = None
     try:
         buffer = bytearray()
         try:
             async for chunk in request.stream():
                 buffer += chunk
                 if len(buffer) >= BUFFER:
-                    await run_in_threadpool(writer.write, bytes(buffer))
-                    buffer.clear()
+                    if writing is not None:
+                        await writing
+                    full, buffer = buffer, bytearray()
+                    writing = asyncio.ensure_future(run_in_threadpool(writer.write, full))
         except ClientDisconnect:
             pass  # what arrived is kept: the client resumes from it
+        if writing is not None:
+            await writing
         if buffer:
-            await run_in_threadpool(writer.write, bytes(buffer))
+            await run_in_threadpool(writer.write, buffer)
     finally:
+        if writing is not None and not writing.done():
+            with contextlib.suppress(Exception):
+                await writing
         complete = await run_in_threadpool(writer.close, _hashers, upload_id)
-    upload = await run_in_threadpool(_record, database, store, upload, writer.offset, complete)
+    if writer.offset == upload.length:
+        upload = await run_in_threadpool(_finish, database, store, upload, complete)
     return Response(status_code=204, headers=headers_of(upload, writer.offset))
 
 
@@ -178,15 +190,11 @@ def _open(
     return upload, writer
 
 
-def _record(
-    database: Database, store: BlobStore, upload: Upload, offset: int, sha256: str | None
-) -> Upload:
+def _finish(database: Database, store: BlobStore, upload: Upload, sha256: str | None) -> Upload:
+    """The last byte is in. Only then is the row written: how far an upload got is the size
+    of its file (a PATCH costs no database write, and a cut one leaves nothing to mend)."""
     with database.writing() as session:
-        upload = session.merge(upload)
-        if offset == upload.length:
-            return uploads.finish(session, store, upload, sha256)
-        uploads.record(session, upload, offset)
-        return upload
+        return uploads.finish(session, store, session.merge(upload), sha256)
 
 
 @router.delete("/{upload_id}", status_code=204)
