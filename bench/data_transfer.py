@@ -483,8 +483,8 @@ def storage(args: argparse.Namespace, work: Path) -> dict[str, int]:
             note.write_text(f"version {number}\n" * 100)
             sha = hashlib.sha256(note.read_bytes()).hexdigest()
             missing = http.post(
-                "uploads/missing",
-                json={"project": "store", "sha256": [s for s, _ in manifest.values()] + [sha]},
+                "projects/store/contents/missing",
+                json={"sha256": [s for s, _ in manifest.values()] + [sha]},
             ).json()
             assert missing == [sha], missing  # the big files are sent once, in version 1 only
             tus_upload(http, "store", note)

@@ -185,6 +185,7 @@ def create_app(
         alerts,
     ):
         api.include_router(module.router)
+    api.include_router(uploads.held)
     api.include_router(data.datasets)
     api.include_router(data.models)
     api.include_router(health.router)

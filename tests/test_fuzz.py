@@ -23,8 +23,18 @@ EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # with both a command and a script, an alert rule on an unknown metric, a channel whose URL
 # does not suit its kind, a time range beyond a year written as "9999h", a dev environment
 # naming an unknown Python environment or an idle timeout of "0", text that is not an SSH
-# public key).
+# public key); an upload's metadata without its project or a body of another media type, a
+# version naming content the project never uploaded or a part of a path longer than 255
+# bytes, a workload's output that is no folder, an import whose URL does not suit its kind.
 RULES_BEYOND_THE_SCHEMA = {
+    "POST /api/v1/uploads",
+    "PATCH /api/v1/uploads/{upload_id}",
+    "POST /api/v1/datasets/{project}/{name}/versions",
+    "POST /api/v1/models/{project}/{name}/versions",
+    "POST /api/v1/datasets/{project}/{name}/commit",
+    "POST /api/v1/models/{project}/{name}/commit",
+    "POST /api/v1/datasets/{project}/{name}/imports",
+    "POST /api/v1/models/{project}/{name}/imports",
     "POST /api/v1/alerts/rules",
     "PATCH /api/v1/alerts/rules/{rule_id}",
     "POST /api/v1/alerts/channels",

@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from suanli.core.errors import RateLimited, SuanliError, Unauthenticated, Unavailable
 from suanli.core.names import NAME_PATTERN
+from suanli.data import paths
 from suanli.i18n import negotiate, translate
 from suanli.schemas.system import Problem
 from suanli.schemas.types import EMAIL_PATTERN, NO_NUL_PATTERN
@@ -112,6 +113,7 @@ def field_errors(errors: Any, language: str) -> list[dict[str, str]]:
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 _PATTERN_MESSAGES = {
     NAME_PATTERN: "validation.name_rule",
+    paths.PATTERN: "validation.data_path.rule",
     NO_NUL_PATTERN: "validation.text_nul",
     EMAIL_PATTERN: "validation.email",
 }

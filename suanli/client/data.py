@@ -51,7 +51,7 @@ R = TypeVar("R")
 CHUNK = 32 << 20
 READ = 1 << 20  # bytes per read while hashing or downloading
 RETRIES = 3  # a chunk or a download cut by the network is tried again this many times
-MISSING_BATCH = 10_000  # hashes per /uploads/missing request
+MISSING_BATCH = 10_000  # hashes asked per request
 STATE_KEPT = 7 * 86400  # seconds an unfinished upload is remembered (the server drops it sooner)
 PART = ".suanli-part"  # a file being downloaded, beside where it goes
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -130,8 +130,9 @@ class Uploads(_Group):
         wanted = list(dict.fromkeys(sha256))
         lacking: list[str] = []
         for start in range(0, len(wanted), MISSING_BATCH):
-            body = {"project": project, "sha256": wanted[start : start + MISSING_BATCH]}
-            lacking += self._client.request("POST", "uploads/missing", json=body)
+            body = {"sha256": wanted[start : start + MISSING_BATCH]}
+            where = f"projects/{quote(project, safe='')}/contents/missing"
+            lacking += self._client.request("POST", where, json=body)
         return lacking
 
 

@@ -9,6 +9,14 @@ length every filesystem takes.
 
 MAX_PATH = 1024
 MAX_COMPONENT = 255
+# The rule as a regular expression, for the API's document: parts of 1-255 characters
+# without '/', backslash or control characters, none of them '.' or '..' (written without
+# look-ahead, which the validators' regex dialect lacks). The byte limits, for names in
+# UTF-8, are checked by `check` alone.
+_ANY = r"[^/\\\x00-\x1f\x7f]"
+_NOT_DOT = r"[^/\\\x00-\x1f\x7f.]"
+_PART = rf"(?:{_NOT_DOT}{_ANY}{{0,254}}|\.{_NOT_DOT}{_ANY}{{0,253}}|\.\.{_ANY}{{1,253}})"
+PATTERN = rf"^{_PART}(?:/{_PART})*$"
 
 
 class BadPath(ValueError):

@@ -16,6 +16,7 @@ from suanli.schemas.types import (
     Name,
     RequestModel,
     ResponseModel,
+    count,
     text,
 )
 
@@ -37,7 +38,8 @@ DATA_REF_PATTERN = (
 DataRef = text(max_length=200, pattern=DATA_REF_PATTERN)
 DataRefs = Annotated[list[DataRef], Field(max_length=16)]
 Message = text(max_length=2000)
-Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES, strict=True)]
+Bytes = count(maximum=MAX_BYTES)
+Number = count(minimum=1, maximum=MAX_INT32)
 
 
 def _path(value: str) -> str:
@@ -48,7 +50,9 @@ def _path(value: str) -> str:
         raise PydanticCustomError(kind, "not a safe relative path") from None
 
 
-FilePath = Annotated[text(max_length=paths.MAX_PATH), AfterValidator(_path)]
+FilePath = Annotated[
+    text(min_length=1, max_length=paths.MAX_PATH, pattern=paths.PATTERN), AfterValidator(_path)
+]
 
 
 class RepositoryCreate(RequestModel):
@@ -86,7 +90,7 @@ class VersionCreate(RequestModel):
 
     message: Message = ""
     files: Annotated[list[ManifestEntry], Field(max_length=100_000)] = Field(default_factory=list)
-    base: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)] | None = None
+    base: Number | None = None
     remove: Annotated[list[FilePath], Field(max_length=100_000)] = Field(default_factory=list)
     tags: Annotated[list[TagName], Field(max_length=8)] = Field(default_factory=list)
 
@@ -95,21 +99,20 @@ class TagSet(RequestModel):
     """Point the tag at `version`. With `expected`, only if it points at that version now
     (another change in between is a 409, not a silent overwrite)."""
 
-    version: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)]
-    expected: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)] | None = None
+    version: Number
+    expected: Number | None = None
 
 
 class MissingQuery(RequestModel):
     """Which of these contents the project does not hold yet (a client uploads only those)."""
 
-    project: Name
     sha256: Annotated[list[Sha256], Field(max_length=100_000)]
 
 
 class CommitOutput(RequestModel):
     """A workload's output folder (relative to its own folder) as a new version."""
 
-    job: Annotated[int, Field(ge=1, le=MAX_INT32, strict=True)]
+    job: Number
     path: FilePath
     message: Message = ""
 

@@ -127,11 +127,8 @@ def test_versions_share_content_and_missing_says_what_to_send(
     for number in range(1, 11):
         small = f"version {number}".encode()
         asked = http.post(
-            "uploads/missing",
-            json={
-                "project": project,
-                "sha256": [hashlib.sha256(big).hexdigest(), hashlib.sha256(small).hexdigest()],
-            },
+            f"projects/{project}/contents/missing",
+            json={"sha256": [hashlib.sha256(big).hexdigest(), hashlib.sha256(small).hexdigest()]},
         ).json()
         assert asked == [hashlib.sha256(small).hexdigest()]
         upload(http, project, small)
@@ -278,7 +275,7 @@ def test_other_tenants(server: RunningServer, admin: Client, make_user) -> None:
     )
     assert claimed.status_code == 422
     assert stranger.post(
-        "uploads/missing", json={"project": project, "sha256": ["0" * 64]}
+        f"projects/{project}/contents/missing", json={"sha256": ["0" * 64]}
     ).status_code in (403, 404)
     # Public: read by all, written by its project only.
     assert (

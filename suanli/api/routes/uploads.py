@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from suanli.api.deps import CallerDep, SessionDep, StoreDep
+from suanli.api.routes.projects import ProjectName
 from suanli.core.errors import InvalidInput
 from suanli.data.store import BlobStore
 from suanli.db.engine import Database
@@ -33,6 +34,8 @@ from suanli.services.actor import Actor
 from suanli.services.projects import access
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
+# A project's contents, asked before an upload (under /projects: no upload id to clash with).
+held = APIRouter(prefix="/projects", tags=["uploads"])
 TUS_VERSION = "1.0.0"
 TUS = {"Tus-Resumable": TUS_VERSION}
 UploadId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
@@ -206,8 +209,11 @@ def discard(
     return Response(status_code=204, headers=TUS)
 
 
-@router.post("/missing", response_model=list[str])
-def missing(query: MissingQuery, caller: CallerDep, session: SessionDep) -> list[str]:
-    """Which of these sha256 the project does not hold: send only those."""
-    project, _ = access(session, caller.actor, query.project)
+@held.post("/{name}/contents/missing", response_model=list[str])
+def missing(
+    name: ProjectName, query: MissingQuery, caller: CallerDep, session: SessionDep
+) -> list[str]:
+    """Which of these sha256 the project does not hold: upload only those, then name them
+    all in the version."""
+    project, _ = access(session, caller.actor, name)
     return data.missing(session, project, query.sha256)
