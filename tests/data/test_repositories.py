@@ -350,3 +350,42 @@ def test_preview_and_inspect(server: RunningServer, admin: Client, make_user) ->
     layout = http.get(f"{model}/versions/latest/inspect").json()["model"]
     assert layout["format"] == "huggingface" and layout["architecture"] == "LlamaForCausalLM"
     assert layout["context_length"] == 256
+
+
+def test_a_taken_name_and_a_discarded_upload(server: RunningServer, admin: Client, make_user):
+    """A repository name taken in the project is a 409 naming the field (the same name as a
+    model is another repository); an upload discarded halfway leaves no bytes and no
+    reservation behind."""
+    kim = make_user("kim")
+    project = project_of(admin, kim)
+    http = api(server, kim.client)
+    name = repo(http, project)
+    again = http.post("datasets", json={"project": project, "name": name})
+    assert again.status_code == 409 and again.json()["errors"][0]["field"] == "name"
+    assert http.post("models", json={"project": project, "name": name}).status_code == 201
+    created = http.post(
+        "uploads",
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(2 << 20),
+            "Upload-Metadata": meta(project=project),
+        },
+    )
+    location = created.headers["Location"]
+    http.patch(
+        location,
+        content=os.urandom(1 << 20),
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert http.get(f"projects/{project}/storage").json()["reserved_bytes"] == 2 << 20
+    incoming = Path(server.data_dir) / "data" / "incoming"
+    upload_id = location.rsplit("/", 1)[-1]
+    assert (incoming / f"upload-{upload_id}").stat().st_size == 1 << 20
+    assert http.delete(location).status_code == 204
+    assert not (incoming / f"upload-{upload_id}").exists()
+    assert http.head(location).status_code == 404
+    assert http.get(f"projects/{project}/storage").json()["reserved_bytes"] == 0
