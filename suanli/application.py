@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from suanli.backends.base import Capabilities
 from suanli.config import Settings
-from suanli.core.errors import InvalidInput
 from suanli.db.engine import Database
 from suanli.db.models import Deployment, Job
 from suanli.kinds import job as job_kind
@@ -61,15 +60,8 @@ class Workloads:
             session, actor, workload_id, path, offset=offset, limit=limit, tail=tail, kind=kind
         )
 
-    def check_mounts(self, spec: JobSpec | DevEnvSpec) -> None:
-        """Datasets and models are mounted: refused at once where the backend cannot."""
-        for field in ("datasets", "models"):
-            if getattr(spec, field) and not self.capabilities.mounts:
-                raise InvalidInput("error.data_no_mounts", field=field)
-
     # Jobs
     def submit(self, session: Session, actor: Actor, spec: JobSpec) -> Job:
-        self.check_mounts(spec)
         unix_users = self.settings.unix_users
         job = jobs.submit(session, actor, spec, self.inventory(), unix_users, kind=job_kind.KIND)
         self.wake(WORKLOADS)
@@ -90,7 +82,6 @@ class Workloads:
 
     # Dev environments
     def create_env(self, session: Session, actor: Actor, spec: DevEnvSpec) -> Job:
-        self.check_mounts(spec)
         inventory = self.inventory()
         remote = self.capabilities.remote
         job = devenvs.create(session, actor, spec, inventory, self.settings, remote=remote)

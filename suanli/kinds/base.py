@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from suanli.backends.base import Capabilities, Mount
 from suanli.config import Settings
 from suanli.controllers.loop import Ticking
+from suanli.data import links
+from suanli.data.store import BlobStore
 from suanli.db.engine import Database
 from suanli.db.models import Job
 from suanli.schemas.jobs import STORED
@@ -58,23 +60,31 @@ class Launch:
 
 def data_inputs(start: Start) -> tuple[tuple[Mount, ...], dict[str, str]]:
     """The datasets and models the workload reads (resolved at submit, `Job.inputs`): each
-    version's tree bound read-only at <folder>/datasets/<name> or <folder>/models/<name>, and
-    SUANLI_DATASETS / SUANLI_MODELS naming those two folders."""
-    trees = start.settings.data_dir / "data" / "trees"
-    mounts = tuple(
-        Mount(
-            source=trees / str(item["version_id"]),
-            target=start.folder / f"{item['kind']}s" / str(item["name"]),
-        )
+    version's tree at <folder>/datasets/<name> or <folder>/models/<name>, and SUANLI_DATASETS
+    / SUANLI_MODELS naming those two folders. Bound read-only where the backend can mount
+    (the local backend as root); else made there as links to the stored files
+    (suanli.data.links: Slurm, a server that is not root) on a new attempt: one re-adopted
+    after a restart has them already (they were made before it was marked starting)."""
+    store = BlobStore(start.settings.data_dir / "data")
+    wanted = [
+        (store.tree_of(int(item["version_id"])), f"{item['kind']}s", str(item["name"]))
         for item in start.job.inputs or []
-    )
-    env = {}
-    if mounts:
-        env = {
-            "SUANLI_DATASETS": str(start.folder / "datasets"),
-            "SUANLI_MODELS": str(start.folder / "models"),
-        }
-    return mounts, env
+    ]
+    if not wanted:
+        return (), {}
+    env = {
+        "SUANLI_DATASETS": str(start.folder / "datasets"),
+        "SUANLI_MODELS": str(start.folder / "models"),
+    }
+    if start.capabilities.mounts:
+        mounts = tuple(
+            Mount(source=tree, target=start.folder / group / name) for tree, group, name in wanted
+        )
+        return mounts, env
+    if start.fresh:
+        for tree, group, name in wanted:
+            links.place(start.folder, group, name, tree)
+    return (), env
 
 
 class Kind:
