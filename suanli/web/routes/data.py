@@ -355,6 +355,22 @@ def add_pages(kind: Kind) -> None:
     def home(repository: Repository) -> str:
         return f"/{plural}/{repository.project.name}/{repository.name}"
 
+    def refused(
+        request: Request,
+        db: Session,
+        viewer: Viewer,
+        project: str,
+        name: str,
+        error: ValidationError | SuanliError,
+        form: str,
+        values: dict[str, Any] | None,
+    ) -> Response:
+        """A repository page's form refused: the page again, its errors on their fields."""
+        db.rollback()
+        errors, status = forms.refused(request, error, form)
+        repository = find(db, viewer, project, name)
+        return _repository_page(request, db, viewer, kind, repository, errors, values, status)
+
     @_pages.get(f"/{plural}", name=f"{plural}_list")
     def list_repositories(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
         return _list_page(request, db, viewer, kind)
@@ -427,10 +443,7 @@ def add_pages(kind: Kind) -> None:
             errors = {error.field: translate(error.key, request.state.language)}
             return _repository_page(request, db, viewer, kind, repository, errors, values, 422)
         except (ValidationError, SuanliError) as error:
-            db.rollback()
-            errors, status = forms.refused(request, error, "commit")
-            repository = find(db, viewer, project, name)
-            return _repository_page(request, db, viewer, kind, repository, errors, values, status)
+            return refused(request, db, viewer, project, name, error, "commit", values)
         url = f"{home(repository)}/versions/{version.number}"
         return render.redirect(url, flash="web.data.flash.committed")
 
@@ -450,10 +463,7 @@ def add_pages(kind: Kind) -> None:
             changes = RepositoryUpdate.model_validate(values)
             data.update_repository(db, viewer.actor, repository, changes)
         except (ValidationError, SuanliError) as error:
-            db.rollback()
-            errors, status = forms.refused(request, error, "settings")
-            repository = find(db, viewer, project, name)
-            return _repository_page(request, db, viewer, kind, repository, errors, values, status)
+            return refused(request, db, viewer, project, name, error, "settings", values)
         return render.redirect(home(repository), flash="web.data.flash.saved")
 
     @_pages.post(f"/{plural}/{{project}}/{{name}}/catalogue", name=f"{plural}_catalogue")
@@ -493,10 +503,7 @@ def add_pages(kind: Kind) -> None:
             wanted = TAG_NAME.validate_python(tag.strip())
             data.set_tag(db, viewer.actor, repository, wanted, body)
         except (ValidationError, SuanliError) as error:
-            db.rollback()
-            errors, status = forms.refused(request, error, "tag")
-            repository = find(db, viewer, project, name)
-            return _repository_page(request, db, viewer, kind, repository, errors, values, status)
+            return refused(request, db, viewer, project, name, error, "tag", values)
         return render.redirect(home(repository), flash="web.data.flash.tagged")
 
     @_pages.post(f"/{plural}/{{project}}/{{name}}/tags/{{tag}}/remove", name=f"{plural}_untag")
@@ -512,10 +519,7 @@ def add_pages(kind: Kind) -> None:
         try:
             data.delete_tag(db, viewer.actor, repository, tag)
         except SuanliError as error:
-            db.rollback()
-            errors, status = forms.refused(request, error, "tag")
-            repository = find(db, viewer, project, name)
-            return _repository_page(request, db, viewer, kind, repository, errors, None, status)
+            return refused(request, db, viewer, project, name, error, "tag", None)
         return render.redirect(home(repository), flash="web.data.flash.untagged")
 
     @_pages.post(f"/{plural}/{{project}}/{{name}}/remove", name=f"{plural}_remove")
@@ -534,10 +538,7 @@ def add_pages(kind: Kind) -> None:
         try:
             data.delete_repository(db, viewer.actor, store, repository, force == "on")
         except SuanliError as error:
-            db.rollback()
-            errors, status = forms.refused(request, error, "remove")
-            repository = find(db, viewer, project, name)
-            return _repository_page(request, db, viewer, kind, repository, errors, None, status)
+            return refused(request, db, viewer, project, name, error, "remove", None)
         return render.redirect(f"/{plural}", flash="web.data.flash.removed")
 
     @_pages.get(f"/{plural}/{{project}}/{{name}}/versions/{{version}}", name=f"{plural}_version")
