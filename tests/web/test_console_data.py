@@ -313,3 +313,23 @@ def test_a_model_shows_its_layout_and_the_plaza_shows_what_administrators_chose(
     plaza = bob.page("/models?tab=catalogue")
     assert f'href="{home}"' in plaza and 'data-test="catalogue-badge"' in plaza
     assert f'href="{home}"' not in bob.page("/datasets?tab=catalogue")
+
+
+def test_refused_forms_on_a_repository_page_show_their_errors(
+    alice: Browser, people: dict[str, str]
+) -> None:
+    """A tag aimed at a version that does not exist, a tag moved meanwhile and a commit naming
+    content never uploaded come back as the page, each error under its form, with the right
+    status, and nothing changed."""
+    home = dataset_with_a_version(alice, people["mine"], {"a.txt": b"a"})
+    alice.page(home)
+    missing = alice.post(f"{home}/tags", {"tag": "prod", "version": "9", "expected": ""})
+    assert missing.status_code == 404 and "prod" not in errors_of(missing.text).get("tag", "")
+    assert alice.post(f"{home}/tags", {"tag": "prod", "version": "1"}).status_code == 303
+    moved = alice.post(f"{home}/tags", {"tag": "prod", "version": "1", "expected": "9"})
+    assert moved.status_code in (404, 409), moved.text[-500:]
+    never = [{"path": "b.txt", "sha256": "0" * 64, "size": 1}]
+    refused = alice.post(f"{home}/versions", {"message": "", "manifest": json.dumps(never)})
+    assert refused.status_code == 422
+    assert re.search(r'data-test="commit-error">[^<]*b\.txt', refused.text), refused.text[-1000:]
+    assert alice.http.get(f"{home}/versions/2").status_code == 404
