@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,78 @@ def test_refused_forms_on_a_repository_page_show_their_errors(
     assert refused.status_code == 422
     assert re.search(r'data-test="commit-error">[^<]*b\.txt', refused.text), refused.text[-1000:]
     assert alice.http.get(f"{home}/versions/2").status_code == 404
+
+
+def import_row(page: str, import_id: str) -> str:
+    """The list's row of one import, as the page shows it."""
+    found = re.search(rf'<tr data-import="{import_id}".*?</tr>', page, re.S)
+    assert found, page[-3000:]
+    return found.group(0)
+
+
+def wait_for_import(api: Client, import_id: str, done: Any) -> None:
+    deadline = time.monotonic() + 30
+    while not done(api.imports.get(int(import_id))):
+        assert time.monotonic() < deadline, api.imports.get(int(import_id))
+        time.sleep(0.3)
+
+
+def test_an_import_from_the_page_fails_on_a_private_address_and_is_retried(
+    alice: Browser, console: Any, people: dict[str, str], admin_api: Client
+) -> None:
+    """The shared server does not let imports reach private addresses: an http URL on
+    loopback fails with that reason, in the list, and Retry runs it again. The password
+    typed is never shown."""
+    home = dataset_with_a_version(alice, people["mine"], {"a.txt": b"a"})
+    alice.page(home)
+    url = "http://127.0.0.1:9/weights.bin"
+    form = {"kind": "http", "url": url, "username": "me", "password": "hunter2-pw"}
+    started = alice.post(f"{home}/imports", {**form, "message": "from loopback"})
+    assert started.status_code == 303, started.text[-2000:]
+    assert started.headers["location"] == f"{home}#imports"
+    found = re.search(r'<tr data-import="(\d+)"', alice.page(home))
+    assert found
+    import_id = found.group(1)
+    wait_for_import(admin_api, import_id, lambda row: row.state == "failed")
+    page = alice.page(home)
+    row = import_row(page, import_id)
+    assert 'data-state="failed"' in row and 'class="badge tone-bad"' in row
+    assert url in row and "private or special network" in row
+    assert 'data-test="retry-import"' in row and 'data-test="cancel-import"' not in row
+    assert "hx-trigger" not in page[page.index('id="imports"') :][:300]  # nothing to follow
+    assert "hunter2" not in page
+    # An ended import is not cancelled: the page says why; Retry queues it again.
+    ended = alice.post(f"{home}/imports/{import_id}/cancel")
+    assert ended.status_code == 409 and 'data-test="imports-error"' in ended.text
+    retried = alice.post(f"{home}/imports/{import_id}/retry")
+    assert retried.status_code == 303 and retried.headers["location"] == f"{home}#imports"
+    wait_for_import(admin_api, import_id, lambda row: row.attempts == 2 and row.state == "failed")
+    assert 'data-state="failed"' in import_row(alice.page(home), import_id)
+
+
+def test_a_refused_import_form_shows_its_errors_and_never_its_secrets(
+    alice: Browser, console: Any, people: dict[str, str]
+) -> None:
+    home = dataset_with_a_version(alice, people["mine"], {"a.txt": b"a"})
+    alice.page(home)
+    form = {
+        "kind": "s3",
+        "url": "https://s3.example.com",
+        "prefix": "weights/",
+        "access_key": "AKIA-visible-nowhere",
+        "secret_key": "s3cr3t-visible-nowhere",
+    }
+    refused = alice.post(f"{home}/imports", form)
+    assert refused.status_code == 422
+    assert set(errors_of(refused.text)) == {"import-source-bucket"}
+    assert "bucket" in errors_of(refused.text)["import-source-bucket"]
+    assert 'value="https://s3.example.com"' in refused.text  # kept, to be mended
+    assert "visible-nowhere" not in refused.text
+    assert 'data-test="imports"' not in refused.text  # nothing was started
+    # A stranger to the project: the same 404 as no repository at all.
+    bob = signed_in(console, people["bob"])
+    bob.page("/datasets")
+    good = {"kind": "http", "url": "https://example.com/x.bin"}
+    assert bob.post(f"{home}/imports", good).status_code == 404
+    for action in ("cancel", "retry"):
+        assert bob.post(f"{home}/imports/1/{action}").status_code == 404

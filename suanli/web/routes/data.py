@@ -21,26 +21,31 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import FileResponse, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from suanli.api.data_outputs import (
+    import_out,
     repositories_out,
     users_out,
     version_detail_out,
     versions_out,
 )
-from suanli.api.deps import SessionDep, StoreDep
+from suanli.api.deps import SessionDep, SettingsDep, StoreDep, WorkloadsDep
 from suanli.api.routes.data import ProjectName, Repo, Tag, VersionRef
+from suanli.api.routes.imports import ImportId
 from suanli.api.routes.uploads import TUS, UploadId, created, headers_of, receive, start
+from suanli.controllers.imports import ImportController
 from suanli.core.errors import Forbidden, NotFound, SuanliError
 from suanli.core.roles import ProjectRole
 from suanli.data import layout, preview
 from suanli.data.store import BlobStore
-from suanli.db.models import DataVersion, Project, Repository
+from suanli.db.models import DataImport, DataVersion, Project, Repository
 from suanli.i18n import translate
 from suanli.schemas.data import (
+    ImportCreate,
+    ImportOut,
     RepositoryCreate,
     RepositoryListQuery,
     RepositoryOut,
@@ -50,7 +55,8 @@ from suanli.schemas.data import (
     VerifyOut,
     VersionCreate,
 )
-from suanli.services import data, inspection, projects, uploads, verification
+from suanli.schemas.imports import SCHEMES
+from suanli.services import data, imports, inspection, projects, uploads, verification
 from suanli.web import forms, render, session
 from suanli.web.session import Viewer
 
@@ -74,6 +80,49 @@ IMAGE_TYPES = {
 }
 # A tag as the API's path reads it: a bad one is refused on the form's field.
 TAG_NAME: TypeAdapter[str] = TypeAdapter(TagName)
+# A repository's page lists its latest imports, and follows them while one is under way.
+SHOWN_IMPORTS = 20
+LIVE_IMPORTS = (imports.QUEUED, imports.RUNNING)
+
+
+class ImportForm(BaseModel):
+    """The import form as typed: every field text, for `ImportSource` to read and refuse."""
+
+    kind: str = "http"
+    url: str = ""
+    ref: str = ""
+    username: str = ""
+    password: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = ""
+    unpack: str = ""
+    lfs: str = ""
+    message: str = ""
+
+    def shown(self) -> dict[str, str]:
+        """What a refused form shows again: everything but the password and the keys, which
+        are never sent back to a page."""
+        kept = self.model_dump(exclude={"password", "access_key", "secret_key"})
+        return {f"import.{key}": value for key, value in kept.items()}
+
+    def body(self) -> dict[str, Any]:
+        """An `ImportCreate` document: an empty optional field is left out (its default)."""
+        source: dict[str, Any] = {
+            "kind": self.kind,
+            "url": self.url.strip(),
+            "unpack": self.unpack == "on",
+            "lfs": self.lfs == "on",
+        }
+        for name in ("ref", "username", "bucket", "prefix", "region"):
+            if value := getattr(self, name).strip():
+                source[name] = value
+        for name in ("password", "access_key", "secret_key"):
+            if value := getattr(self, name):
+                source[name] = value
+        return {"source": source, "message": self.message.replace("\r\n", "\n")}
 
 
 @dataclass(frozen=True)
@@ -205,6 +254,10 @@ def _repository_page(
     users = []
     if powers.owner:
         users = users_out(db, repository, data.users_of(db, [v.id for v in repository.versions]))
+    language = request.state.language
+    shown: list[ImportOut] = [
+        import_out(row, language) for row in imports.list_imports(db, repository)[:SHOWN_IMPORTS]
+    ]
     return render.page(
         request,
         "data_repository.html",
@@ -217,6 +270,9 @@ def _repository_page(
         users=users,
         storage=data.storage(db, repository.project) if powers.reader else None,
         uploads_url=UPLOADS,
+        imports=shown,
+        imports_live=any(item.state in LIVE_IMPORTS for item in shown),
+        import_kinds=list(SCHEMES),
         errors=errors or {},
         values=values or {},
     )
@@ -371,6 +427,17 @@ def add_pages(kind: Kind) -> None:
         repository = find(db, viewer, project, name)
         return _repository_page(request, db, viewer, kind, repository, errors, values, status)
 
+    def import_of(
+        db: Session, viewer: Viewer, project: str, name: str, import_id: int
+    ) -> tuple[Repository, DataImport]:
+        """An import of this repository, for its members: one of another repository is the
+        same 404 as one that does not exist."""
+        repository = find(db, viewer, project, name, ProjectRole.member)
+        row = imports.get(db, viewer.actor, import_id, ProjectRole.member)
+        if row.repository_id != repository.id:
+            raise NotFound("error.import_not_found", id=import_id)
+        return repository, row
+
     @_pages.get(f"/{plural}", name=f"{plural}_list")
     def list_repositories(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
         return _list_page(request, db, viewer, kind)
@@ -465,6 +532,69 @@ def add_pages(kind: Kind) -> None:
         except (ValidationError, SuanliError) as error:
             return refused(request, db, viewer, project, name, error, "settings", values)
         return render.redirect(home(repository), flash="web.data.flash.saved")
+
+    @_pages.post(f"/{plural}/{{project}}/{{name}}/imports", name=f"{plural}_import")
+    def start_import(
+        project: ProjectName,
+        name: Repo,
+        request: Request,
+        db: SessionDep,
+        settings: SettingsDep,
+        workloads: WorkloadsDep,
+        viewer: ViewerDep,
+        form: Annotated[ImportForm, Form()],
+    ) -> Response:
+        """Fetch a remote source into a new version, in the background: the page follows it."""
+        repository = find(db, viewer, project, name, ProjectRole.member)
+        try:
+            body = ImportCreate.model_validate(form.body())
+            imports.start(db, viewer.actor, settings, repository, body)
+        except (ValidationError, SuanliError) as error:
+            return refused(request, db, viewer, project, name, error, "import", form.shown())
+        workloads.wake(ImportController.name)
+        return render.redirect(f"{home(repository)}#imports", flash="web.data.flash.imported")
+
+    @_pages.post(
+        f"/{plural}/{{project}}/{{name}}/imports/{{import_id}}/cancel",
+        name=f"{plural}_import_cancel",
+    )
+    def cancel_import(
+        project: ProjectName,
+        name: Repo,
+        import_id: ImportId,
+        request: Request,
+        db: SessionDep,
+        viewer: ViewerDep,
+    ) -> Response:
+        repository, row = import_of(db, viewer, project, name, import_id)
+        try:
+            imports.cancel(db, viewer.actor, row.id)
+        except SuanliError as error:
+            return refused(request, db, viewer, project, name, error, "imports", None)
+        return render.redirect(
+            f"{home(repository)}#imports", flash="web.data.flash.import_cancelled"
+        )
+
+    @_pages.post(
+        f"/{plural}/{{project}}/{{name}}/imports/{{import_id}}/retry",
+        name=f"{plural}_import_retry",
+    )
+    def retry_import(
+        project: ProjectName,
+        name: Repo,
+        import_id: ImportId,
+        request: Request,
+        db: SessionDep,
+        workloads: WorkloadsDep,
+        viewer: ViewerDep,
+    ) -> Response:
+        repository, row = import_of(db, viewer, project, name, import_id)
+        try:
+            imports.retry(db, viewer.actor, row.id)
+        except SuanliError as error:
+            return refused(request, db, viewer, project, name, error, "imports", None)
+        workloads.wake(ImportController.name)
+        return render.redirect(f"{home(repository)}#imports", flash="web.data.flash.import_retried")
 
     @_pages.post(f"/{plural}/{{project}}/{{name}}/catalogue", name=f"{plural}_catalogue")
     def set_catalogue(
