@@ -84,6 +84,10 @@ class LocalFile:
     source: Path
     size: int
     mtime_ns: int
+    # With size and mtime, what tells a file changed since it was last hashed (as git's index
+    # does): the inode and the change time, which no tool can set back.
+    inode: int = 0
+    ctime_ns: int = 0
 
 
 class _Stopped(Exception):
@@ -355,13 +359,13 @@ class Repositories(_Group):
         self.get(project, name)  # fails before reading a byte when it does not exist
         files = scan(Path(directory), self._client)
         stop = threading.Event()
-        hashes = self._hash_all(files, workers, progress, stop)
+        state = UploadState(state_file or default_state_file())
+        hashes = self._hash_all(files, workers, progress, stop, state)
         lacking = set(self._client.uploads.missing(project, hashes))
         sending: dict[str, LocalFile] = {}
         for file, sha in zip(files, hashes, strict=True):
             if sha in lacking:
                 sending.setdefault(sha, file)  # the same content twice is sent once
-        state = UploadState(state_file or default_state_file())
         tally = _Tally("upload", sum(f.size for f in sending.values()), len(sending), progress)
         _run_all(
             workers,
@@ -407,11 +411,24 @@ class Repositories(_Group):
     # --- the work of one file ---------------------------------------------------------------
 
     def _hash_all(
-        self, files: list[LocalFile], workers: int, progress: Callback | None, stop: threading.Event
+        self,
+        files: list[LocalFile],
+        workers: int,
+        progress: Callback | None,
+        stop: threading.Event,
+        state: UploadState,
     ) -> list[str]:
+        """Each file's sha256: remembered from an earlier push while the file is unchanged
+        (same inode, size, modification and change time), else read and hashed."""
         tally = _Tally("hash", sum(f.size for f in files), len(files), progress)
+        known = state.hashes()
+        found: dict[str, str] = {}
 
         def one(file: LocalFile) -> str:
+            key = state.hash_key(file)
+            if key in known:
+                tally.add(file.path, file.size, files=1, resumed=file.size)
+                return known[key]
             digest = hashlib.sha256()
             with file.source.open("rb") as stream:
                 while block := stream.read(READ):
@@ -420,9 +437,12 @@ class Repositories(_Group):
                     digest.update(block)
                     tally.add(file.path, len(block))
             tally.add(file.path, files=1)
-            return digest.hexdigest()
+            found[key] = digest.hexdigest()
+            return found[key]
 
-        return _run_all(workers, one, files, stop)
+        hashes = _run_all(workers, one, files, stop)
+        state.remember_hashes(found)
+        return hashes
 
     def _upload(
         self,
@@ -564,7 +584,8 @@ class Repositories(_Group):
 class UploadState:
     """Where each file's upload stands, across runs: a small JSON file (mode 600) of upload ids,
     keyed by server, project, absolute path, size and modification time (a file changed since
-    is a new upload). Entries go when their upload ends, or after STATE_KEPT. Threads of one
+    is a new upload), and of files' sha256 (a re-push of a large folder reads only what
+    changed). Entries go when their upload ends, or after STATE_KEPT. Threads of one
     push share it through a lock; two pushes at once may lose each other's entries, which costs
     only a restart from 0 of those files."""
 
@@ -585,6 +606,31 @@ class UploadState:
         with self._lock:
             entries = self._read()
             entries[key] = {"upload": upload_id, "at": time.time()}
+            self._write(entries)
+
+    @staticmethod
+    def hash_key(file: LocalFile) -> str:
+        identity = [str(file.source), file.inode, file.size, file.mtime_ns, file.ctime_ns]
+        return json.dumps(["sha256", *identity])
+
+    def hashes(self) -> dict[str, str]:
+        """The sha256 earlier pushes found, by `hash_key` (one read for a whole push)."""
+        with self._lock:
+            entries = self._read()
+        return {
+            key: entry["sha256"]
+            for key, entry in entries.items()
+            if isinstance(entry.get("sha256"), str)
+        }
+
+    def remember_hashes(self, found: dict[str, str]) -> None:
+        """Keep what a push hashed (one write for all of it)."""
+        if not found:
+            return
+        with self._lock:
+            entries = self._read()
+            now = time.time()
+            entries.update({key: {"sha256": sha, "at": now} for key, sha in found.items()})
             self._write(entries)
 
     def forget(self, key: str) -> None:
@@ -679,7 +725,11 @@ def scan(directory: Path, client: Client) -> list[LocalFile]:
                     path=relative,
                     reason=reason,
                 ) from None
-            found.append(LocalFile(relative, where, info.st_size, info.st_mtime_ns))
+            found.append(
+                LocalFile(
+                    relative, where, info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns
+                )
+            )
     return sorted(found, key=lambda f: f.path)
 
 

@@ -3,6 +3,7 @@
 offset, pulled back byte for byte, verified, deleted only when confirmed, and bad input
 answered with one clear line."""
 
+import hashlib
 import io
 import json
 import os
@@ -216,7 +217,8 @@ def test_an_interrupted_push_continues_from_the_servers_offset(
     assert result["transfer"]["uploaded_bytes"] == len(big) - MiB
     assert cli.requests.patches() == [str(MiB)]
     state = json.loads((tmp_path / "cache" / "suanli" / "uploads.json").read_text())
-    assert state == {}
+    # The uploads, ended, are forgotten; the two files' hashes are kept for the next push.
+    assert [json.loads(key)[0] for key in state] == ["sha256", "sha256"]
     pulled = tmp_path / "back"
     assert cli("models", "pull", f"{name}@1", str(pulled), "-p", project)[0] == 0
     assert (pulled / "model.safetensors").read_bytes() == big
@@ -333,3 +335,39 @@ def test_import_and_commit_from_the_cli(cli, admin: Client, make_user, tmp_path)
     assert code == 0, err
     made = json.loads(out)
     assert made["job_id"] == job.id and [f["path"] for f in made["files"]] == ["w.bin"]
+
+
+def test_a_second_push_reads_only_what_changed(cli, admin: Client, make_user, tmp_path) -> None:
+    """Hashes are remembered by file identity (inode, size, modification and change time): an
+    unchanged folder is not read again, and a file rewritten with its old modification time
+    set back (as `rsync -t` or `touch -d` would) is still read again and sent."""
+    project = owner_of_a_project(admin, make_user, cli)
+    sdk = cli.person.client
+    name = unique("cache")
+    sdk.datasets.create(project, name)
+    source = tmp_path / "source"
+    source.mkdir()
+    weights = source / "weights.bin"
+    weights.write_bytes(os.urandom(2 * MiB))
+    (source / "config.json").write_text("{}")
+    state = tmp_path / "state.json"
+    sdk.datasets.push(project, name, source, "first", state_file=state)
+
+    def hashed(events: list[Progress]) -> tuple[int, int]:
+        last = [e for e in events if e.stage == "hash"][-1]
+        return last.done_bytes - last.resumed_bytes, last.total_bytes
+
+    events: list[Progress] = []
+    sdk.datasets.push(project, name, source, "again", state_file=state, progress=events.append)
+    assert hashed(events) == (0, 2 * MiB + 2)
+    before = weights.stat()
+    changed = os.urandom(2 * MiB)
+    weights.write_bytes(changed)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # the old time, set back
+    events.clear()
+    version = sdk.datasets.push(
+        project, name, source, "changed", state_file=state, progress=events.append
+    )
+    assert hashed(events) == (2 * MiB, 2 * MiB + 2)
+    files = {f.path: f.sha256 for f in version.files}
+    assert files["weights.bin"] == hashlib.sha256(changed).hexdigest()
