@@ -53,7 +53,7 @@ def backup(
 
     The server may keep running: the rows are read in one transaction. Without --blobs, back
     up the blob store (<data dir>/data/blobs) yourself."""
-    settings = _settings(data_dir, database_url)
+    settings = server_settings(data_dir=data_dir, database_url=database_url)
     database = Database(settings.effective_database_url)
     try:
         with _Bars(json) as bars:
@@ -96,7 +96,7 @@ def restore(
 
     The database and the data directory must be empty (--yes wipes them; blobs are kept).
     The version trees are rebuilt. Exits 1 when anything is missing or does not match."""
-    settings = _settings(data_dir, database_url)
+    settings = server_settings(data_dir=data_dir, database_url=database_url)
     try:
         with _Bars(json) as bars:
             source = service.read_backup(directory, bars)
@@ -121,9 +121,9 @@ def restore(
         raise typer.Exit(1)
 
 
-def _settings(data_dir: Path | None, database_url: str | None) -> Settings:
-    """The server's settings, as `suanli server` reads them."""
-    overrides = {"data_dir": data_dir, "database_url": database_url}
+def server_settings(**overrides: object) -> Settings:
+    """The server's settings (its environment, SUANLI_CONFIG) with the flags given (None: not
+    given); bad ones end the command with every field named (exit 2)."""
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:

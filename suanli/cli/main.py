@@ -10,7 +10,6 @@ from typing import Annotated
 import httpx
 import typer
 import uvicorn
-from pydantic import ValidationError
 
 from suanli import __version__
 from suanli.cli import (
@@ -88,23 +87,11 @@ def server(
     With --json, what it prints once it listens is one JSON object on a line."""
     from suanli import backends
     from suanli.app import Runtime, create_app, prepare
-    from suanli.config import Settings
     from suanli.db.engine import Database
 
-    overrides = {"host": host, "port": port, "data_dir": data_dir, "database_url": database_url}
-    try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        problems = [
-            {
-                "field": ".".join(str(p) for p in item["loc"]),
-                "type": item["type"],
-                "message": item["msg"],
-            }
-            for item in error.errors()
-        ]
-        fail(t("cli.bad_settings"), "config", problems)
-        raise typer.Exit(2) from None
+    settings = admin.server_settings(
+        host=host, port=port, data_dir=data_dir, database_url=database_url
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
