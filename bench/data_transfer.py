@@ -366,7 +366,8 @@ def uploads(
         project = f"push-{len(pushed)}"
         sdk.projects.create(project)
         sdk.datasets.create(project, "big")
-        state = work / "push-state.json"
+        # A fresh state each round too: a remembered hash would spare the push its reading.
+        state = work / f"push-state-{len(pushed)}.json"
         with sampler.running():
             pushed.append(
                 size / timed(lambda: sdk.datasets.push(project, "big", folder, state_file=state))
