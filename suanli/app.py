@@ -27,6 +27,9 @@ from suanli.api.routes import (
     metrics,
     nodes,
     projects,
+    prompts,
+    service_keys,
+    services,
     uploads,
     users,
 )
@@ -50,6 +53,12 @@ from suanli.i18n import translate
 from suanli.kinds.registry import KINDS
 from suanli.monitoring.prometheus import PlatformMetrics, RequestTiming
 from suanli.services import accounts, isolation
+from suanli.serving.autoscale import Autoscaler, Traffic
+from suanli.serving.gateway import Dispatch
+from suanli.serving.gateway import Gateway as ModelGateway
+from suanli.serving.meter import Meter
+from suanli.serving.probe import Prober
+from suanli.serving.table import Table
 from suanli.web import console, docs, proxy
 
 API_PREFIX = "/api/v1"
@@ -64,6 +73,8 @@ class Runtime:
     def __init__(self, settings: Settings, database: Database, backend: Backend):
         self.platform = PlatformMetrics()
         self.capabilities = backend.capabilities
+        self.address = backend.address
+        self.traffic = Traffic()
         self.inventory = InventoryController(database, backend, settings.inventory_interval_seconds)
         self.metrics = MetricsController(settings, database, backend)
         leases = Leases(database)
@@ -82,6 +93,8 @@ class Runtime:
             DeploymentController(database, self.wake),
             ImportController(settings, database, store),
             ScrubController(settings, database, store),
+            Prober(settings, database, backend.address),
+            Autoscaler(database, self.traffic, self.wake),
             *(
                 controller
                 for kind in KINDS.values()
@@ -122,6 +135,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.proxy_client = proxy.new_client()
+        await app.state.gateway.start()
         gateway = None
         if runtime is not None:
             runtime.start()
@@ -140,6 +154,7 @@ def create_app(
         if gateway is not None:
             await gateway.close()
         await app.state.proxy_client.aclose()
+        await app.state.gateway.close()
         if runtime is not None:
             runtime.stop()
         database.dispose()
@@ -164,8 +179,11 @@ def create_app(
     app.state.ssh_port = None
     # What does not isolate workloads here: a banner on every page administrators see.
     app.state.isolation = isolation.assess(settings)
+    app.state.gateway = model_gateway(settings, database, runtime, app.state.platform)
     app.add_middleware(RequestTiming)
-    app.add_middleware(limits.BodyLimit)  # outermost: nothing runs for a refused body
+    app.add_middleware(limits.BodyLimit)  # nothing runs for a refused body
+    # Outermost: the model gateway's lean path, before any of the application's middleware.
+    app.add_middleware(Dispatch, gateway=lambda: app.state.gateway)
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
@@ -178,6 +196,9 @@ def create_app(
         jobs,
         devenvs,
         deployments,
+        services,
+        service_keys,
+        prompts,
         uploads,
         imports,
         nodes,
@@ -197,6 +218,24 @@ def create_app(
     app.router.routes.extend(proxy.routes())
     console.install(app)
     return app
+
+
+def model_gateway(
+    settings: Settings, database: Database, runtime: Runtime | None, platform: PlatformMetrics
+) -> ModelGateway:
+    """The gateway at /v1 and /s/; it shares the traffic it counts with the runtime's
+    autoscaler. Without a runtime nothing serves, but the gateway still answers."""
+    address = runtime.address if runtime is not None else (lambda node: "127.0.0.1")
+    traffic = runtime.traffic if runtime is not None else Traffic()
+    wake = runtime.wake if runtime is not None else (lambda name: None)
+    return ModelGateway(
+        settings,
+        database,
+        Table(settings, database, address),
+        traffic,
+        Meter(database, platform.gateway),
+        wake,
+    )
 
 
 def prepare(settings: Settings, database: Database) -> str | None:

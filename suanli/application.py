@@ -21,7 +21,8 @@ from suanli.scheduler import model as sched
 from suanli.schemas.deployments import DeploymentSpec
 from suanli.schemas.devenvs import DevEnvSpec
 from suanli.schemas.jobs import JobSpec
-from suanli.services import deployments, devenvs, jobs, nodes
+from suanli.schemas.services import ServiceSpec, ServiceUpdate
+from suanli.services import deployments, devenvs, jobs, nodes, serving
 from suanli.services.actor import Actor
 
 Wake = Callable[[str], None]
@@ -123,5 +124,19 @@ class Workloads:
 
     def start_deployment(self, session: Session, actor: Actor, deployment_id: int) -> Deployment:
         deployment = deployments.start(session, actor, deployment_id)
+        self.wake(DEPLOYMENTS)
+        return deployment
+
+    # Model services
+    def deploy_service(self, session: Session, actor: Actor, spec: ServiceSpec) -> Deployment:
+        deployment = serving.deploy(session, actor, spec, self.inventory(), self.settings)
+        self.wake(DEPLOYMENTS)
+        return deployment
+
+    def update_service(
+        self, session: Session, actor: Actor, service_id: int, change: ServiceUpdate
+    ) -> Deployment:
+        inventory = self.inventory()
+        deployment = serving.update(session, actor, service_id, change, inventory, self.settings)
         self.wake(DEPLOYMENTS)
         return deployment

@@ -34,6 +34,26 @@ class SimulatedGpus(BaseModel):
     memory_bytes: int = Field(80 * 2**30, ge=2**30)
 
 
+class Engine(BaseModel):
+    """An engine a model service runs (vLLM, SGLang, llama.cpp's server, a team's own app),
+    registered by an administrator. `command` is the argument vector of one replica, with
+    placeholders filled at launch: {python} (the prefix's interpreter), {model} (the model
+    version's folder), {name} (the name the gateway routes by), {host}, {port}. Its
+    environment (`env`) may use the same and {token}: the secret only the gateway sends, so
+    that other accounts on a node cannot call the engine directly (vLLM: VLLM_API_KEY)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = Field(min_length=1)
+    prefix: Path | None = None  # a virtual or conda environment the engine is installed in
+    version: str = ""
+    # openai: the gateway at /v1 routes to it by model name; http: the proxy by service name;
+    # grpc, tcp: reached through a forwarded port.
+    protocol: Literal["openai", "http", "grpc", "tcp"] = "openai"
+    health: str = "/health"  # an HTTP path answering 200 once ready (http and openai)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 class SlurmSettings(BaseModel):
     """How to reach a Slurm cluster (backend = "slurm"). See docs/admin-guide.md, "Slurm:
     more than one server"."""
@@ -150,6 +170,15 @@ class Settings(BaseSettings):
     devenv_environments: dict[str, Path] = Field(default_factory=dict)
     # code-server for VS Code in the browser; empty: found on PATH, else not offered.
     code_server: str = ""
+
+    # Model services. Engines by name (see Engine); the gateway refuses request bodies
+    # larger than gateway_max_body_bytes; a request to a service scaled to zero waits this
+    # long for a replica to answer before it gets 503.
+    engines: dict[str, Engine] = Field(default_factory=dict)
+    gateway_max_body_bytes: int = Field(4 * 2**20, ge=2**10, le=2**30)
+    gateway_cold_start_seconds: float = Field(300.0, ge=1, le=3600)
+    # How often replicas not yet ready are asked whether they are (seconds).
+    service_probe_interval_seconds: float = Field(1.0, ge=0.1, le=60)
 
     # Datasets and models. Imports may fetch from loopback and private addresses (a NAS on
     # the organisation's network) only when this is on: otherwise a user could make the

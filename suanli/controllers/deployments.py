@@ -7,6 +7,10 @@ backoff that doubles with each failure in a row (5 s up to 5 min); one that ran 
 `HEALTHY_SECONDS` ends the streak. The decision is a pure function of the rows (`plan`), so
 a restarted server decides as the one before it would have.
 
+A deployment whose template (or what it reads) changed is updated rolling: one new replica
+at a time, and an old one stops only once a new one is ready (a service's replica answers
+its health check; another kind's is running), so the count that serves never drops.
+
 It launches nothing itself: new replicas are pending rows that the workload controller
 schedules and launches like any workload.
 """
@@ -24,6 +28,7 @@ from suanli.core.states import ACTIVE, State
 from suanli.db.engine import Database
 from suanli.db.models import Deployment, Job
 from suanli.kinds import demand
+from suanli.kinds.registry import kind_of
 from suanli.services.jobs import note
 
 INTERVAL = 2.0
@@ -31,6 +36,7 @@ HEALTHY_SECONDS = 60.0
 FIRST_BACKOFF = 5.0
 MAX_BACKOFF = 300.0
 SCALED_DOWN = "scaled_down"
+UPDATED = "updated"
 LIVE = (State.pending, *ACTIVE)
 
 
@@ -41,6 +47,8 @@ class Replica:
     stop_reason: str
     started_at: float | None
     finished_at: float | None
+    outdated: bool = False  # made from an earlier template: replaced by a rolling update
+    ready: bool = True  # serving (a live replica of a kind that is not probed: running)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ def plan(wanted: int, replicas: Sequence[Replica], now: float) -> Plan:
         reverse=True,
     )
     failures = _streak(ended, live, now)
+    if any(r.outdated for r in live):
+        return _rolling(wanted, live, ended, failures, now)
     if len(live) > wanted:
         # The not yet running go first, then the youngest.
         order = sorted(live, key=lambda r: (r.state == State.running, -r.id))
@@ -75,6 +85,28 @@ def plan(wanted: int, replicas: Sequence[Replica], now: float) -> Plan:
     if now < next_start:
         return Plan(0, (), failures, next_start)
     return Plan(1, (), failures, None)
+
+
+def _rolling(
+    wanted: int, live: Sequence[Replica], ended: Sequence[Replica], failures: int, now: float
+) -> Plan:
+    """One new replica at a time; an old one stops for each new one that is ready beyond
+    the wanted count (the old ones not serving first). New ones that keep failing wait for
+    the backoff while the old ones go on serving."""
+    old = [r for r in live if r.outdated]
+    new = [r for r in live if not r.outdated]
+    serving_new = sum(1 for r in new if r.ready)
+    surplus = serving_new + len(old) - wanted if wanted else len(old)
+    order = sorted(old, key=lambda r: (r.ready, r.state == State.running, -r.id))
+    stop = tuple(r.id for r in order[: max(0, surplus)])
+    if len(new) >= wanted or any(not r.ready for r in new):
+        return Plan(0, stop, failures, None)
+    if failures:
+        last_end = ended[0].finished_at if ended else now
+        next_start = float(math.ceil((last_end or now) + backoff(failures)))
+        if now < next_start:
+            return Plan(0, stop, failures, next_start)
+    return Plan(1, stop, failures, None)
 
 
 def backoff(failures: int) -> float:
@@ -116,16 +148,14 @@ class DeploymentController:
     def tick(self) -> None:
         now = time.time()
         with self.database.reading() as session:
-            deployments = session.execute(
-                select(Deployment.id, Deployment.state, Deployment.replicas)
-            ).all()
+            deployments = session.scalars(select(Deployment)).all()
             plans = {
-                row.id: plan(
-                    row.replicas if row.state == "active" else 0,
-                    self._replicas(session, row.id),
+                deployment.id: plan(
+                    deployment.replicas if deployment.state == "active" else 0,
+                    self._replicas(session, deployment),
                     now,
                 )
-                for row in deployments
+                for deployment in deployments
             }
         if not any(p.start or p.stop for p in plans.values()) and not self._shown_changed(plans):
             return
@@ -140,18 +170,36 @@ class DeploymentController:
         if changed:
             self.wake()
 
-    def _replicas(self, session: Session, deployment_id: int) -> list[Replica]:
+    def _replicas(self, session: Session, deployment: Deployment) -> list[Replica]:
         """Its live replicas and the last twenty that ended: enough for the streak."""
         rows = session.execute(
-            select(Job.id, Job.state, Job.stop_reason, Job.started_at, Job.finished_at)
-            .where(Job.deployment_id == deployment_id)
+            select(
+                Job.id,
+                Job.state,
+                Job.stop_reason,
+                Job.started_at,
+                Job.finished_at,
+                Job.spec,
+                Job.inputs,
+                Job.ready_at,
+            )
+            .where(Job.deployment_id == deployment.id)
             .order_by(Job.id.desc())
             .limit(200)
         ).all()
         live = [r for r in rows if r.state in LIVE]
         ended = [r for r in rows if r.state not in LIVE][:20]
+        probed = kind_of(deployment.kind).probed
         return [
-            Replica(r.id, r.state, r.stop_reason, _epoch(r.started_at), _epoch(r.finished_at))
+            Replica(
+                r.id,
+                r.state,
+                r.stop_reason,
+                _epoch(r.started_at),
+                _epoch(r.finished_at),
+                outdated=r.spec != deployment.template or (r.inputs or []) != deployment.inputs,
+                ready=r.state == State.running and (r.ready_at is not None or not probed),
+            )
             for r in (*live, *ended)
         ]
 
@@ -174,8 +222,12 @@ class DeploymentController:
         for replica_id in decided.stop:
             job = session.get(Job, replica_id)
             if job is not None and job.state in LIVE and not job.stop_reason:
-                job.stop_reason = SCALED_DOWN
-                note(job, "event.scale_down")
+                if job.spec != deployment.template or job.inputs != deployment.inputs:
+                    job.stop_reason = UPDATED
+                    note(job, "event.replaced_by_update")
+                else:
+                    job.stop_reason = SCALED_DOWN
+                    note(job, "event.scale_down")
         for _ in range(decided.start):
             session.add(_replica(deployment))
         return bool(decided.start or decided.stop)
@@ -195,6 +247,7 @@ def _replica(deployment: Deployment) -> Job:
         gpus=demand.waiting_gpus(deployment.request),
         state=State.pending,
         deployment=deployment,
+        inputs=list(deployment.inputs or []),
     )
     note(job, "event.replica_of", deployment=deployment.name)
     return job

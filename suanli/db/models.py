@@ -279,6 +279,11 @@ class Deployment(Base):
     # What a replica asks of the scheduler, derived once when the template was accepted.
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     replicas: Mapped[int] = mapped_column(Integer, default=1)
+    # A model service's autoscaling (suanli.serving.autoscale.Scaling as a dict): replicas
+    # min..max on a metric; None: `replicas` is fixed, set by hand.
+    scaling: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    # What its replicas read, resolved when the template was accepted (as a job's `inputs`).
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # active: kept at `replicas`; stopped: no replicas wanted (they are being stopped).
     state: Mapped[str] = mapped_column(String(16), default="active")
     # Replicas that ended by themselves in a row; the next is started after a backoff.
@@ -362,6 +367,10 @@ class Job(Base):
     # data.resolve): [{"kind", "ref", "name", "version_id"}]. Set by the server only, never
     # from a spec, so a workload mounts exactly what its owner could read when it was sent.
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # A service replica's port on its node, chosen at launch (by the server, never read back
+    # from anything the workload wrote), and when it first answered its health check.
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     project: Mapped[Project] = relationship()
     deployment: Mapped[Deployment | None] = relationship(back_populates="workloads")
@@ -668,3 +677,82 @@ class DataImport(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     repository: Mapped[Repository] = relationship()
+
+
+class ServiceKey(Base):
+    """An API key for a project's model services. Only its SHA-256 is stored; the key itself
+    is shown once. `models`: the services it may call (None: all of the project's)."""
+
+    __tablename__ = "service_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    user_name: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(24))
+    models: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    token_budget: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month")  # day | month
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    project: Mapped[Project] = relationship()
+
+
+class ServiceUsage(Base):
+    """One request through the gateway: who, which service, the tokens, how it went."""
+
+    __tablename__ = "service_usage"
+    __table_args__ = (
+        Index("ix_service_usage_project_at", "project_id", "at"),
+        Index("ix_service_usage_key_at", "key_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    deployment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL"), index=True
+    )
+    model: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    user_name: Mapped[str] = mapped_column(String(32), default="")
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("service_keys.id", ondelete="SET NULL"))
+    endpoint: Mapped[str] = mapped_column(String(32))  # chat/completions, embeddings, ...
+    status: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # Counted with the model's tokenizer: the engine sent no usage.
+    counted: Mapped[bool] = mapped_column(Boolean, default=False)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class PromptTemplate(Base):
+    """A project's prompt, kept in versions: a system prompt and a message with {variables}."""
+
+    __tablename__ = "prompt_templates"
+    __table_args__ = (
+        Index("ix_prompt_templates_name_version", "project_id", "name", "version", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    system: Mapped[str] = mapped_column(String(20000), default="")
+    template: Mapped[str] = mapped_column(String(20000))
+    variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    user_name: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    project: Mapped[Project] = relationship()

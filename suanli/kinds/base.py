@@ -98,6 +98,9 @@ class Kind:
     # Reasons to stop it of its own (besides `cancelled` and `preempted`), each with the
     # history's event: it then ends cancelled with that reason as its exit reason.
     stops: ClassVar[Mapping[str, str]] = {}
+    # Its replicas serve only once a health check says so (Job.ready_at): a rolling update
+    # waits for that, not for `running`.
+    probed: ClassVar[bool] = False
 
     def load(self, data: Mapping[str, Any], version: int = 1) -> Any:
         """A stored spec, tolerantly: brought up to this version, keys the code no longer

@@ -1,9 +1,11 @@
 """Every kind this server runs, by the name its rows carry."""
 
-from suanli.kinds import devenv, job, replica
+from suanli.kinds import devenv, job, replica, service
 from suanli.kinds.base import Kind, Unreadable
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (job.KIND, devenv.KIND, replica.KIND)}
+KINDS: dict[str, Kind] = {
+    kind.name: kind for kind in (job.KIND, devenv.KIND, replica.KIND, service.KIND)
+}
 
 
 def kind_of(name: str) -> Kind:

@@ -54,6 +54,73 @@ class Histogram:
         return out
 
 
+class Counter:
+    """A total per label set; safe to add to from any thread."""
+
+    def __init__(self, name: str, help: str):
+        self.name, self.help = name, help
+        self._series: dict[tuple[tuple[str, str], ...], float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, value: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._series[key] = self._series.get(key, 0.0) + value
+
+    def lines(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        with self._lock:
+            series = dict(self._series)
+        out += [_line(self.name, key, value) for key, value in sorted(series.items())]
+        return out
+
+
+TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class GatewayMetrics:
+    """The model gateway's figures, per model (project/service)."""
+
+    requests: Counter = field(
+        default_factory=lambda: Counter(
+            "suanli_gateway_requests_total", "Requests through the gateway, by model and status"
+        )
+    )
+    errors: Counter = field(
+        default_factory=lambda: Counter(
+            "suanli_gateway_errors_total", "Requests answered with an error, by model and code"
+        )
+    )
+    tokens: Counter = field(
+        default_factory=lambda: Counter(
+            "suanli_gateway_tokens_total", "Tokens metered, by model and type (prompt, completion)"
+        )
+    )
+    ttft: Histogram = field(
+        default_factory=lambda: Histogram(
+            "suanli_gateway_time_to_first_token_seconds",
+            "Time from a request to its first token",
+            TOKEN_BUCKETS,
+        )
+    )
+    tpot: Histogram = field(
+        default_factory=lambda: Histogram(
+            "suanli_gateway_time_per_output_token_seconds",
+            "Time per output token after the first",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+    )
+    duration: Histogram = field(
+        default_factory=lambda: Histogram(
+            "suanli_gateway_request_duration_seconds", "Whole request time", TOKEN_BUCKETS
+        )
+    )
+
+    def all(self) -> list["Histogram | Counter"]:
+        return [self.requests, self.errors, self.tokens, self.ttft, self.tpot, self.duration]
+
+
 @dataclass
 class PlatformMetrics:
     """What the server measures about itself, kept in memory by the serving process."""
@@ -70,6 +137,7 @@ class PlatformMetrics:
             (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
         )
     )
+    gateway: GatewayMetrics = field(default_factory=GatewayMetrics)
 
 
 def _escape(value: str) -> str:
@@ -92,7 +160,7 @@ def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
 def exposition(
     samples: Sequence[Sample],
     gauges: Mapping[str, tuple[str, Sequence[tuple[dict[str, str], float]]]],
-    histograms: Sequence[Histogram],
+    histograms: Sequence["Histogram | Counter"],
 ) -> str:
     """The whole page: the latest samples, platform gauges (name → help, [(labels, value)])
     and histograms."""

@@ -8,7 +8,9 @@ project's owners and administrators change and stop it.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -18,6 +20,7 @@ from suanli.core.roles import ProjectRole
 from suanli.core.states import ACTIVE, State
 from suanli.db.models import Deployment, Job, Membership, Project
 from suanli.kinds import demand, replica
+from suanli.kinds.base import Kind
 from suanli.scheduler import model as sched
 from suanli.schemas.deployments import DeploymentListQuery, DeploymentSpec
 from suanli.services import audit, jobs
@@ -39,44 +42,81 @@ def create(
 ) -> Deployment:
     """Refuse a template no node could ever run, or larger than the project's quota lets it
     hold at once, as a job's; then keep the desired state."""
-    project, _ = access(session, actor, spec.project, ProjectRole.member)
+    project = project_for(session, actor, spec.project, unix_users)
+    check_template(spec.template, project, nodes, prefix="template.")
+    return keep(
+        session, actor, project, spec.name, replica.KIND, spec.template, replicas=spec.replicas
+    )
+
+
+def project_for(
+    session: Session, actor: Actor, name: str, unix_users: Mapping[str, str]
+) -> Project:
+    """The project a member deploys into, if it takes new work and they may run it."""
+    project, _ = access(session, actor, name, ProjectRole.member)
     writable(project)
     if unix_users and actor.name not in unix_users:
         raise Forbidden("error.no_unix_user", name=actor.name)
-    template = spec.template
+    return project
+
+
+def check_template(
+    template: Any, project: Project, nodes: Sequence[sched.Node], *, prefix: str
+) -> None:
+    """A replica some node could run within the project's quota; the fields of an error
+    named as the request names them (`prefix`)."""
     try:
         check_runnable(template, nodes)
         check_quota(template, project, nodes)
-    except InvalidInput as error:  # the template's fields, as the request names them
-        error.field = f"template.{error.field}" if error.field else "template"
+    except InvalidInput as error:
+        error.field = f"{prefix}{error.field}" if error.field else prefix.rstrip(".")
         raise
+
+
+def keep(
+    session: Session,
+    actor: Actor,
+    project: Project,
+    name: str,
+    kind: Kind,
+    template: BaseModel,
+    *,
+    replicas: int,
+    scaling: dict[str, Any] | None = None,
+    inputs: list[dict[str, Any]] | None = None,
+) -> Deployment:
+    """The desired state, under a name free in the project."""
     taken = select(Deployment.id).where(
-        Deployment.project_id == project.id, Deployment.name == spec.name
+        Deployment.project_id == project.id, Deployment.name == name
     )
     if session.scalar(taken) is not None:
-        raise Conflict("error.deployment_exists", field="name", name=spec.name)
-    kept = template.model_dump(mode="json")
+        raise Conflict("error.deployment_exists", field="name", name=name)
     deployment = Deployment(
-        kind=replica.KIND.name,
-        name=spec.name,
+        kind=kind.name,
+        name=name,
         project=project,
         user_id=actor.account.id,
         user_name=actor.name,
-        template=kept,
-        spec_version=replica.KIND.version,
+        template=template.model_dump(mode="json"),
+        spec_version=kind.version,
         request=demand.of(template),
-        replicas=spec.replicas,
+        replicas=replicas,
+        scaling=scaling,
+        inputs=inputs or [],
         state=ACTIVE_STATE,
     )
     session.add(deployment)
     session.flush()
-    _audit(session, actor, "deployment.create", deployment, replicas=spec.replicas)
-    commit(session, "error.deployment_exists", field="name", name=spec.name)
+    audit_event(session, actor, f"{_noun(kind)}.create", deployment, replicas=replicas)
+    commit(session, "error.deployment_exists", field="name", name=name)
     return deployment
 
 
 def list_deployments(
-    session: Session, actor: Actor, query: DeploymentListQuery
+    session: Session,
+    actor: Actor,
+    query: DeploymentListQuery,
+    kind: str = replica.KIND.name,
 ) -> Sequence[Deployment]:
     statement = (
         select(Deployment).options(selectinload(Deployment.project)).order_by(Deployment.id.desc())
@@ -88,7 +128,7 @@ def list_deployments(
         statement = statement.join(Project).where(Project.name == query.project)
     if query.state:
         statement = statement.where(Deployment.state == query.state)
-    return session.scalars(statement).all()
+    return session.scalars(statement.where(Deployment.kind == kind)).all()
 
 
 def get(
@@ -131,33 +171,33 @@ def replicas_of(session: Session, deployment: Deployment, limit: int = 50) -> Se
 
 
 def scale(session: Session, actor: Actor, deployment_id: int, replicas: int) -> Deployment:
-    deployment = _managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id)
     writable(deployment.project)
     before = deployment.replicas
     deployment.replicas = replicas
-    _audit(session, actor, "deployment.scale", deployment, replicas=replicas, before=before)
+    audit_event(session, actor, "deployment.scale", deployment, replicas=replicas, before=before)
     commit(session, "error.conflict")
     return deployment
 
 
 def stop(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     """No replicas wanted: the controller stops them all; the template stays."""
-    deployment = _managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id)
     if deployment.state != STOPPED:
         deployment.state = STOPPED
-        _audit(session, actor, "deployment.stop", deployment)
+        audit_event(session, actor, "deployment.stop", deployment)
         commit(session, "error.conflict")
     return deployment
 
 
 def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     """Wanted again, as many as before; the backoff of earlier failures is forgotten."""
-    deployment = _managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id)
     writable(deployment.project)
     if deployment.state != ACTIVE_STATE:
         deployment.state = ACTIVE_STATE
         deployment.failures, deployment.next_start_at = 0, None
-        _audit(session, actor, "deployment.start", deployment)
+        audit_event(session, actor, "deployment.start", deployment)
         commit(session, "error.conflict")
     return deployment
 
@@ -165,29 +205,35 @@ def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
 def remove(session: Session, actor: Actor, deployment_id: int, settings: Settings) -> None:
     """Forget a stopped deployment whose replicas have all ended: their rows go with it, and
     their folders (logs, the backend's state) after the commit."""
-    deployment = _managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id)
     live = select(Job.id).where(Job.deployment_id == deployment.id, Job.state.in_(LIVE))
     if deployment.state != STOPPED or session.scalar(live.limit(1)) is not None:
         raise Conflict("error.deployment_not_stopped", name=deployment.name)
     replica_ids = session.scalars(select(Job.id).where(Job.deployment_id == deployment.id)).all()
-    _audit(session, actor, "deployment.remove", deployment)
+    audit_event(session, actor, "deployment.remove", deployment)
     session.delete(deployment)
     commit(session, "error.conflict")
     for replica_id in replica_ids:
         remove_folders(settings, replica_id)
 
 
-def find_replica(session: Session, actor: Actor, deployment_id: int, replica_id: int) -> Job:
+def find_replica(
+    session: Session,
+    actor: Actor,
+    deployment_id: int,
+    replica_id: int,
+    kind: str = replica.KIND.name,
+) -> Job:
     """A replica of this deployment, if the actor may see the deployment: one of another
     deployment (or no replica at all) is a 404 as for a replica that does not exist."""
     deployment = get(session, actor, deployment_id)
-    found = jobs.get_job(session, actor, replica_id, kind=replica.KIND.name, history=False)
+    found = jobs.get_job(session, actor, replica_id, kind=kind, history=False)
     if found.deployment_id != deployment.id:
         raise NotFound("error.replica_not_found", id=replica_id)
     return found
 
 
-def _managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+def managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     deployment = get(session, actor, deployment_id)
     if actor.is_admin or deployment.user_id == actor.account.id:
         return deployment
@@ -197,7 +243,12 @@ def _managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     return deployment
 
 
-def _audit(
+def _noun(kind: Kind) -> str:
+    """How the audit log names it: a deployment, or a (model) service."""
+    return "service" if kind.name == "service" else "deployment"
+
+
+def audit_event(
     session: Session, actor: Actor, action: str, deployment: Deployment, **detail: object
 ) -> None:
     audit.record(

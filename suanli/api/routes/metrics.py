@@ -107,5 +107,9 @@ def prometheus(request: Request, scraper: ScraperDep, session: SessionDep) -> Re
         ),
     }
     platform = request.app.state.platform
-    page = render(latest_samples(request), gauges, [platform.api_latency, platform.scheduler_cycle])
+    page = render(
+        latest_samples(request),
+        gauges,
+        [platform.api_latency, platform.scheduler_cycle, *platform.gateway.all()],
+    )
     return Response(page, media_type=CONTENT_TYPE)

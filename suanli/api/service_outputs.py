@@ -1,0 +1,121 @@
+"""Model services as their readers see them, for the API's routes and the console's pages."""
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from suanli.api.deployment_outputs import health
+from suanli.api.outputs import job_out
+from suanli.config import Settings
+from suanli.db.models import Deployment, Job, ServiceKey
+from suanli.schemas.services import (
+    ReplicaOut,
+    ServiceDetailOut,
+    ServiceKeyOut,
+    ServiceOut,
+)
+from suanli.services import deployments, serving
+
+
+def service_out(
+    settings: Settings,
+    deployment: Deployment,
+    counted: dict[str, int],
+    ready: int,
+    reason: str = "",
+) -> ServiceOut:
+    running, starting = counted.get("running", 0), counted.get("starting", 0)
+    scaling = deployment.scaling or {}
+    shown = serving.summary(settings, deployment)
+    state = health(deployment, ready, starting + running - ready)
+    return ServiceOut(
+        id=deployment.id,
+        name=deployment.name,
+        project=deployment.project.name,
+        user=deployment.user_name,
+        state=deployment.state,
+        model=shown["model"],
+        engine=shown["engine"],
+        protocol=shown["protocol"],
+        replicas=deployment.replicas,
+        min_replicas=int(scaling.get("min", deployment.replicas)),
+        max_replicas=int(scaling.get("max", deployment.replicas)),
+        ready=ready,
+        running=running,
+        starting=starting,
+        failures=deployment.failures,
+        next_start_at=deployment.next_start_at,
+        created_at=deployment.created_at,
+        health=state,
+        reason=reason if state != "ready" else "",
+    )
+
+
+def services_out(
+    session: Session, settings: Settings, found: Sequence[Deployment]
+) -> list[ServiceOut]:
+    ids = [d.id for d in found]
+    counted = deployments.counts(session, ids)
+    ready = serving.ready_counts(session, ids)
+    return [service_out(settings, d, counted[d.id], ready[d.id]) for d in found]
+
+
+def service_detail_out(
+    session: Session, settings: Settings, deployment: Deployment, language: str
+) -> ServiceDetailOut:
+    counted = deployments.counts(session, [deployment.id])[deployment.id]
+    ready = serving.ready_counts(session, [deployment.id])[deployment.id]
+    replicas = deployments.replicas_of(session, deployment)
+    shown = [replica_out(job, language) for job in replicas]
+    out = service_out(settings, deployment, counted, ready, why(shown))
+    protocol = out.protocol
+    endpoint = (
+        f"{settings.effective_public_url}/v1 (model {deployment.project.name}/{deployment.name})"
+        if protocol == "openai"
+        else f"{settings.effective_public_url}/s/{deployment.project.name}/{deployment.name}/"
+    )
+    return ServiceDetailOut(
+        **out.model_dump(),
+        template=dict(deployment.template),
+        scaling=deployment.scaling,
+        replicas_list=shown,
+        endpoint=endpoint,
+    )
+
+
+def replica_out(job: Job, language: str) -> ReplicaOut:
+    shown = job_out(job, language)
+    ready = job.state == "running" and job.ready_at is not None and not job.stop_reason
+    return ReplicaOut(**shown.model_dump(), ready=ready)
+
+
+def why(replicas: Sequence[ReplicaOut]) -> str:
+    """Why it is not ready, in plain words: the newest replica's wait or end."""
+    for replica in replicas:
+        if replica.pending is not None:
+            return replica.pending.message
+        if replica.exit is not None and replica.exit.reason not in ("cancelled",):
+            return replica.exit.message + (f" {replica.exit.detail}" if replica.exit.detail else "")
+        if replica.state in ("admitted", "starting", "running") and not replica.ready:
+            return ""
+    return ""
+
+
+def key_out(key: ServiceKey, used: int) -> ServiceKeyOut:
+    return ServiceKeyOut(
+        id=key.id,
+        project=key.project.name,
+        name=key.name,
+        user=key.user_name,
+        prefix=key.prefix,
+        models=key.models,
+        requests_per_minute=key.requests_per_minute,
+        tokens_per_minute=key.tokens_per_minute,
+        token_budget=key.token_budget,
+        budget_period=key.budget_period,
+        used_in_period=used,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+    )

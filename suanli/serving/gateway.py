@@ -1,0 +1,722 @@
+"""The gateway: OpenAI's API at /v1 for every model service, and /s/<project>/<service>/ for
+services that speak other HTTP. A lean ASGI path of its own, in front of the application's
+middleware: a request costs no database query (suanli.serving.table, .identity), its body is
+read once, and answers go back as they come — streams chunk by chunk, with backpressure from
+the client and the upstream cancelled when the client goes away.
+
+Every request is metered (suanli.serving.meter) with the engine's `usage`; for a stream the
+gateway asks for it (`stream_options.include_usage`) and takes that chunk out again when the
+client did not ask; where the engine sends none, the tokens are counted with the model's
+tokenizer. Errors are in OpenAI's shape, in the caller's language.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.datastructures import Headers
+
+from suanli.config import Settings
+from suanli.db.engine import Database
+from suanli.db.models import Deployment
+from suanli.i18n import negotiate, translate
+from suanli.serving import tokens
+from suanli.serving.autoscale import Traffic
+from suanli.serving.identity import Identities, Identity
+from suanli.serving.meter import Meter, Record
+from suanli.serving.table import Route, Table, Upstream
+
+log = logging.getLogger("suanli.serving.gateway")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+OPENAI_PREFIX = "/v1/"
+PROXY_PREFIX = "/s/"
+ENDPOINTS = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+ATTEMPTS = 3  # replicas tried for one request when one refuses the connection
+MAX_COUNTED_BYTES = 8 * 2**20  # of a stream kept to count its tokens where no usage came
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class Refused(Exception):
+    """An answer in OpenAI's error shape: status, code, the message's key and parameters."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        key: str,
+        *,
+        param: str | None = None,
+        retry_after: int | None = None,
+        **params: object,
+    ):
+        super().__init__(key)
+        self.status, self.code, self.key, self.param = status, code, key, param
+        self.retry_after, self.params = retry_after, params
+
+
+class Gone(Exception):
+    """The client went away before its request was read."""
+
+
+@dataclass
+class Call:
+    """One request on its way: who, where, and what it cost."""
+
+    identity: Identity
+    route: Route
+    endpoint: str
+    started: float
+    language: str
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    counted: bool = False
+    first_token: float | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        table: Table,
+        traffic: Traffic,
+        meter: Meter,
+        wake: Callable[[str], None],
+    ):
+        self.settings = settings
+        self.database = database
+        self.table = table
+        self.traffic = traffic
+        self.meter = meter
+        self.wake = wake
+        self.identities = Identities(database)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, read=None),
+            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512),
+        )
+
+    async def start(self) -> None:
+        await self.table.start()
+        await self.meter.start()
+
+    async def close(self) -> None:
+        await self.table.close()
+        await self.meter.close()
+        await self.client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        language = negotiate(headers.get("accept-language"))
+        try:
+            if scope["path"].startswith(PROXY_PREFIX):
+                await self._proxy(scope, receive, send, headers)
+            else:
+                await self._openai(scope, receive, send, headers, language)
+        except Refused as refused:
+            await _refuse(send, refused, language)
+        except Gone:
+            return
+
+    # --- /v1 -------------------------------------------------------------------------
+
+    async def _openai(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, language: str
+    ) -> None:
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        identity = await self.identities.of(scope, headers)
+        if identity is None:
+            raise Refused(401, "invalid_api_key", "error.gateway_unauthenticated")
+        if path == "/v1/models":
+            if method != "GET":
+                raise Refused(405, "method_not_allowed", "error.gateway_method", method=method)
+            await _json(send, 200, self._models(identity))
+            return
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is None:
+            raise Refused(404, "unknown_url", "error.gateway_unknown_url", path=path)
+        if method != "POST":
+            raise Refused(405, "method_not_allowed", "error.gateway_method", method=method)
+        body = await self._body(receive, headers)
+        request = _parse(body)
+        route = self._route(identity, request.get("model"))
+        if route.protocol != "openai":
+            raise Refused(
+                400, "not_openai", "error.gateway_not_openai", param="model", model=route.model
+            )
+        if identity.key is not None:
+            refusal = await self.meter.admit(identity.key)
+            if refusal is not None:
+                raise Refused(
+                    429,
+                    refusal.code,
+                    f"error.gateway_{refusal.code}",
+                    retry_after=refusal.retry_after,
+                    **refusal.params,
+                )
+        call = Call(identity, route, endpoint, time.perf_counter(), language)
+        stream = bool(request.get("stream")) and endpoint != "embeddings"
+        strip_usage = False
+        if stream:
+            options = request.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            strip_usage = not options.get("include_usage")
+            request["stream_options"] = {**options, "include_usage": True}
+        request["model"] = route.name
+        payload = json.dumps(request, ensure_ascii=False).encode()
+        self.traffic.begin(route.deployment_id)
+        try:
+            await self._call(call, payload, request, stream, strip_usage, receive, send)
+        except Refused as refused:
+            call.status = refused.status
+            raise
+        finally:
+            self.traffic.end(route.deployment_id)
+            self._meter(call)
+
+    def _models(self, identity: Identity) -> dict[str, Any]:
+        data = []
+        for route in sorted(self.table.routes.values(), key=lambda r: r.model):
+            if route.protocol != "openai" or not identity.may_call(route.project):
+                continue
+            key = identity.key
+            if key is not None and key.models is not None and route.name not in key.models:
+                continue
+            name = route.name if key is not None else route.model
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": route.project})
+        return {"object": "list", "data": data}
+
+    def _route(self, identity: Identity, model: object) -> Route:
+        """The service a model name means: `service` (a key: its project's) or
+        `project/service`. Another project's name is refused without saying whether it
+        exists."""
+        if not isinstance(model, str) or not model.strip():
+            raise Refused(400, "missing_model", "error.gateway_model_missing", param="model")
+        project, _, name = model.strip().rpartition("/")
+        key = identity.key
+        if not project:
+            if key is None:
+                raise Refused(
+                    400, "model_not_qualified", "error.gateway_model_project", param="model"
+                )
+            project = key.project
+        if not identity.may_call(project):
+            if key is not None:
+                raise Refused(
+                    403,
+                    "wrong_project",
+                    "error.gateway_key_project",
+                    param="model",
+                    project=key.project,
+                )
+            raise Refused(404, "model_not_found", "error.gateway_model_unknown", model=model)
+        if key is not None and key.models is not None and name not in key.models:
+            raise Refused(403, "model_not_allowed", "error.gateway_key_model", model=name)
+        route = self.table.routes.get((project, name))
+        if route is None:
+            raise Refused(404, "model_not_found", "error.gateway_model_unknown", model=model)
+        return route
+
+    async def _body(self, receive: Receive, headers: Headers) -> bytes:
+        """The whole body, refused as soon as it is larger than the limit."""
+        limit = self.settings.gateway_max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise Refused(413, "body_too_large", "error.gateway_body_too_large", limit=limit)
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise Refused(413, "body_too_large", "error.gateway_body_too_large", limit=limit)
+            parts.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(parts)
+
+    async def _call(
+        self,
+        call: Call,
+        payload: bytes,
+        request: dict[str, Any],
+        stream: bool,
+        strip_usage: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Upstream to a ready replica (woken from zero if need be), as the client reads;
+        the upstream is closed when the client goes away."""
+        tried: set[int] = set()
+        for _ in range(ATTEMPTS):
+            upstream = await self._ready(call.route, frozenset(tried))
+            self.table.begin(upstream)
+            try:
+                outgoing = self.client.build_request(
+                    "POST",
+                    upstream.url + "/v1/" + call.endpoint,
+                    content=payload,
+                    headers={
+                        "content-type": "application/json",
+                        "authorization": f"Bearer {upstream.token}",
+                    },
+                )
+                try:
+                    response = await self.client.send(outgoing, stream=True)
+                except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ConnectTimeout):
+                    tried.add(upstream.job_id)  # stopping, or gone: another one
+                    continue
+                try:
+                    await _until_gone(
+                        receive, self._answer(call, response, request, stream, strip_usage, send)
+                    )
+                finally:
+                    await response.aclose()
+                return
+            finally:
+                self.table.end(upstream)
+        raise Refused(503, "no_replica", "error.gateway_no_replica", model=call.route.model)
+
+    async def _ready(self, route: Route, tried: frozenset[int]) -> Upstream:
+        """A ready replica; a service scaled to zero is woken and waited for (bounded)."""
+        upstream = self.table.pick(route, tried)
+        if upstream is not None:
+            return upstream
+        if route.state != "active":
+            raise Refused(503, "service_stopped", "error.gateway_stopped", model=route.model)
+        deadline = time.monotonic() + self.settings.gateway_cold_start_seconds
+        if route.replicas == 0:
+            await asyncio.to_thread(self._wake, route.deployment_id)
+            self.table.changed()
+        while time.monotonic() < deadline:
+            await self.table.wait_change(min(1.0, deadline - time.monotonic()))
+            current = self.table.routes.get((route.project, route.name))
+            if current is None:
+                break
+            upstream = self.table.pick(current, tried)
+            if upstream is not None:
+                return upstream
+        raise Refused(
+            503,
+            "cold_start_timeout",
+            "error.gateway_cold_start",
+            retry_after=30,
+            model=route.model,
+            seconds=int(self.settings.gateway_cold_start_seconds),
+        )
+
+    def _wake(self, deployment_id: int) -> None:
+        with self.database.writing() as session:
+            deployment = session.get(Deployment, deployment_id)
+            if deployment is not None and deployment.replicas == 0:
+                low = int((deployment.scaling or {}).get("min", 0))
+                deployment.replicas = max(1, low)
+                session.commit()
+        self.wake("deployments")
+
+    async def _answer(
+        self,
+        call: Call,
+        response: httpx.Response,
+        request: dict[str, Any],
+        stream: bool,
+        strip_usage: bool,
+        send: Send,
+    ) -> None:
+        call.status = response.status_code
+        is_stream = stream and response.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": _answer_headers(response.headers, is_stream),
+            }
+        )
+        if not is_stream:
+            body = await response.aread()
+            await send({"type": "http.response.body", "body": body})
+            call.first_token = time.perf_counter()
+            if response.status_code == 200:
+                await self._usage_of_body(call, body, request)
+            return
+        await self._relay_stream(call, response, request, strip_usage, send)
+
+    async def _relay_stream(
+        self,
+        call: Call,
+        response: httpx.Response,
+        request: dict[str, Any],
+        strip_usage: bool,
+        send: Send,
+    ) -> None:
+        """Event by event, as the engine sends them. The usage chunk the gateway asked for
+        is read and, where the client did not ask for it, left out."""
+        pending = b""
+        kept: list[bytes] = []
+        kept_size = 0
+        usage: dict[str, Any] | None = None
+        try:
+            async for chunk in response.aiter_raw():
+                pending += chunk
+                cut = pending.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                events, pending = pending[: cut + 2], pending[cut + 2 :]
+                if call.first_token is None:
+                    call.first_token = time.perf_counter()
+                if b'"usage"' in events:
+                    events, found = _take_usage(events, strip_usage)
+                    usage = found or usage
+                if kept_size < MAX_COUNTED_BYTES:
+                    kept.append(events)
+                    kept_size += len(events)
+                if events:
+                    await send({"type": "http.response.body", "body": events, "more_body": True})
+        except httpx.HTTPError as error:  # the engine went away mid-stream
+            log.warning("%s: the upstream stream broke: %s", call.route.model, error)
+            call.status = 502
+            failure = {
+                "error": {
+                    "message": translate("error.gateway_upstream_broke", call.language),
+                    "type": "server_error",
+                    "param": None,
+                    "code": "upstream_broke",
+                }
+            }
+            closing = b"data: " + json.dumps(failure).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": closing, "more_body": True})
+        await send({"type": "http.response.body", "body": pending})
+        if usage and usage.get("completion_tokens") is not None:
+            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return
+        text = _streamed_text(b"".join(kept))
+        await self._count(call, request, text)
+
+    async def _usage_of_body(self, call: Call, body: bytes, request: dict[str, Any]) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
+            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+            return
+        await self._count(call, request, _answer_text(answer))
+
+    async def _count(self, call: Call, request: dict[str, Any], completion: str) -> None:
+        """No usage from the engine: count with the model's tokenizer (in a thread)."""
+        tokenizer = call.route.tokenizer
+        prompt = _prompt_text(request)
+        call.prompt_tokens = await asyncio.to_thread(tokens.count, prompt, tokenizer)
+        call.completion_tokens = await asyncio.to_thread(tokens.count, completion, tokenizer)
+        call.counted = True
+
+    def _meter(self, call: Call) -> None:
+        now = time.perf_counter()
+        status = call.status or 499  # the client went away before an answer
+        model = call.route.model
+        metrics = self.meter.metrics
+        ttft = (call.first_token - call.started) if call.first_token else None
+        metrics.duration.observe(now - call.started, model=model)
+        if ttft is not None and status == 200:
+            metrics.ttft.observe(ttft, model=model)
+            if call.completion_tokens > 1:
+                tpot = (now - call.first_token) / (call.completion_tokens - 1)  # type: ignore[operator]
+                metrics.tpot.observe(tpot, model=model)
+        if status >= 400:
+            metrics.errors.add(1, model=model, code=str(status))
+        key = call.identity.key
+        self.meter.record(
+            Record(
+                project_id=call.route.project_id,
+                deployment_id=call.route.deployment_id,
+                model=model,
+                user_id=call.identity.user_id,
+                user_name=call.identity.user_name,
+                key_id=key.id if key else None,
+                endpoint=call.endpoint,
+                status=status,
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                counted=call.counted,
+                ttft_ms=ttft * 1000 if ttft is not None else None,
+                duration_ms=(now - call.started) * 1000,
+            )
+        )
+
+    # --- /s/<project>/<service>/... ----------------------------------------------------
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        """A service that speaks its own HTTP: the rest of the path goes to a ready replica,
+        with the caller's credentials taken off and the replica's token put on."""
+        parts = scope["path"][len(PROXY_PREFIX) :].split("/", 2)
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise Refused(404, "unknown_url", "error.gateway_unknown_url", path=scope["path"])
+        identity = await self.identities.of(scope, headers)
+        if identity is None:
+            raise Refused(401, "invalid_api_key", "error.gateway_unauthenticated")
+        route = self._route(identity, f"{parts[0]}/{parts[1]}")
+        body = await self._body(receive, headers)
+        rest = "/" + (parts[2] if len(parts) > 2 else "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        language = negotiate(headers.get("accept-language"))
+        call = Call(identity, route, "proxy", time.perf_counter(), language)
+        forwarded = [(k, v) for k, v in headers.items() if k not in _HOP]
+        self.traffic.begin(route.deployment_id)
+        try:
+            tried: set[int] = set()
+            for _ in range(ATTEMPTS):
+                upstream = await self._ready(route, frozenset(tried))
+                outgoing = self.client.build_request(
+                    scope["method"],
+                    upstream.url + rest + (f"?{query}" if query else ""),
+                    content=body,
+                    headers=[*forwarded, ("authorization", f"Bearer {upstream.token}")],
+                )
+                self.table.begin(upstream)
+                try:
+                    try:
+                        response = await self.client.send(outgoing, stream=True)
+                    except (httpx.ConnectError, httpx.RemoteProtocolError):
+                        tried.add(upstream.job_id)
+                        continue
+                    try:
+                        await _until_gone(receive, _relay(call, response, send))
+                    finally:
+                        await response.aclose()
+                    return
+                finally:
+                    self.table.end(upstream)
+            raise Refused(503, "no_replica", "error.gateway_no_replica", model=route.model)
+        finally:
+            self.traffic.end(route.deployment_id)
+            self._meter(call)
+
+
+async def _relay(call: Call, response: httpx.Response, send: Send) -> None:
+    call.status = response.status_code
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": _answer_headers(response.headers, stream=False),
+        }
+    )
+    async for chunk in response.aiter_raw():
+        if call.first_token is None:
+            call.first_token = time.perf_counter()
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _until_gone(receive: Receive, work: Awaitable[None]) -> None:
+    """Run `work`; stop it when the client disconnects (its upstream is then closed)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _answer_headers(upstream: httpx.Headers, stream: bool) -> list[tuple[bytes, bytes]]:
+    out = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in upstream.multi_items()
+        if k.lower() not in _HOP and k.lower() not in ("date", "server", "content-encoding")
+    ]
+    if not stream and "content-length" in upstream:
+        out.append((b"content-length", upstream["content-length"].encode()))
+    if stream:
+        out.append((b"x-accel-buffering", b"no"))
+        out.append((b"cache-control", b"no-cache"))
+    return out
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise Refused(400, "invalid_json", "error.gateway_bad_json") from None
+    if not isinstance(request, dict):
+        raise Refused(400, "invalid_json", "error.gateway_not_object")
+    return request
+
+
+def _take_usage(events: bytes, strip: bool) -> tuple[bytes, dict[str, Any] | None]:
+    """The usage of the events that carry it; those with no choices left (the usage
+    chunk) are removed when `strip`."""
+    kept: list[bytes] = []
+    usage = None
+    for event in events.split(b"\n\n"):
+        if not event:
+            continue
+        if b'"usage"' in event:
+            data = _event_data(event)
+            found = data.get("usage") if isinstance(data, dict) else None
+            if isinstance(found, dict):
+                usage = found
+                if strip and not data.get("choices"):
+                    continue
+        kept.append(event + b"\n\n")
+    return b"".join(kept), usage
+
+
+def _event_data(event: bytes) -> Any:
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    try:
+        return json.loads(b"\n".join(lines))
+    except ValueError:
+        return None
+
+
+def _streamed_text(events: bytes) -> str:
+    """The text a stream carried (chat deltas or completion text)."""
+    parts: list[str] = []
+    for event in events.split(b"\n\n"):
+        data = _event_data(event) if event.strip() else None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(piece, str):
+                parts.append(piece)
+    return "".join(parts)
+
+
+def _answer_text(answer: Any) -> str:
+    if not isinstance(answer, dict):
+        return ""
+    parts: list[str] = []
+    for choice in answer.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        piece = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if isinstance(piece, str):
+            parts.append(piece)
+    return "".join(parts)
+
+
+def _prompt_text(request: dict[str, Any]) -> str:
+    """What the client sent to the model: messages' text, a prompt, an embedding's input."""
+    parts: list[str] = []
+    for message in request.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p.get("text", "") for p in content if isinstance(p, dict) and "text" in p]
+    for field in ("prompt", "input"):
+        value = request.get(field)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts += [v for v in value if isinstance(v, str)]
+    return "\n".join(parts)
+
+
+async def _json(
+    send: Send, status: int, body: Any, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    data = json.dumps(body, ensure_ascii=False).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _refuse(send: Send, refused: Refused, language: str) -> None:
+    body = {
+        "error": {
+            "message": translate(refused.key, language, **refused.params),
+            "type": _ERROR_TYPES.get(refused.status, "server_error"),
+            "param": refused.param,
+            "code": refused.code,
+        }
+    }
+    extra = []
+    if refused.retry_after is not None:
+        extra.append((b"retry-after", str(refused.retry_after).encode()))
+    await _json(send, refused.status, body, extra)
+
+
+class Dispatch:
+    """ASGI middleware, outermost: /v1/ and /s/ go to the gateway, the rest to the app."""
+
+    def __init__(self, app: Any, gateway: Callable[[], Gateway | None]):
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(OPENAI_PREFIX) or path.startswith(PROXY_PREFIX):
+                gateway = self.gateway()
+                if gateway is not None:
+                    await gateway(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
