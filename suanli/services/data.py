@@ -29,6 +29,7 @@ from suanli.db.models import (
     DataImport,
     DataTag,
     DataVersion,
+    Deployment,
     Job,
     Membership,
     Project,
@@ -161,8 +162,8 @@ def delete_repository(
     """Owners only. Refused (409, naming them) while live workloads read one of its versions,
     unless forced; their mounts stay until they end (a bind mount holds the files)."""
     versions = [v.id for v in repository.versions]
-    if not force and (users := users_of(session, versions)):
-        raise Conflict("error.data_in_use", count=len(users), jobs=_job_list(users))
+    if not force:
+        _refuse_in_use(session, versions)
     _audit(session, actor, f"{repository.kind}.delete", repository)
     session.delete(repository)
     session.commit()
@@ -309,8 +310,8 @@ def delete_version(
     """Owners only; refused while live workloads read it unless forced. `latest` moves to the
     newest version left; other tags on it go with it."""
     version = version_of(session, repository, ref)
-    if not force and (users := users_of(session, [version.id])):
-        raise Conflict("error.data_in_use", count=len(users), jobs=_job_list(users))
+    if not force:
+        _refuse_in_use(session, [version.id])
     number = version.number
     session.delete(version)
     session.flush()
@@ -497,6 +498,24 @@ def users_of(session: Session, version_ids: Sequence[int]) -> list[Job]:
     return [
         job for job in live if any(item.get("version_id") in wanted for item in job.inputs or [])
     ]
+
+
+def services_of(session: Session, version_ids: Sequence[int]) -> list[Deployment]:
+    """Deployments (model services) whose replicas serve one of these versions, also while
+    they are scaled to zero: the next request would start a replica that reads it."""
+    wanted = set(version_ids)
+    found = session.scalars(
+        select(Deployment).where(Deployment.state == "active").order_by(Deployment.id)
+    ).all()
+    return [d for d in found if any(i.get("version_id") in wanted for i in d.inputs or [])]
+
+
+def _refuse_in_use(session: Session, version_ids: Sequence[int]) -> None:
+    if users := users_of(session, version_ids):
+        raise Conflict("error.data_in_use", count=len(users), jobs=_job_list(users))
+    if served := services_of(session, version_ids):
+        names = ", ".join(f"{d.project.name}/{d.name}" for d in served[:10])
+        raise Conflict("error.data_served", count=len(served), services=names)
 
 
 def resolve(
