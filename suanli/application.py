@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 from suanli.backends.base import Capabilities
 from suanli.config import Settings
 from suanli.db.engine import Database
-from suanli.db.models import Deployment, Job
+from suanli.db.models import Deployment, Job, ServiceSweep
 from suanli.kinds import job as job_kind
 from suanli.scheduler import model as sched
 from suanli.schemas.deployments import DeploymentSpec
 from suanli.schemas.devenvs import DevEnvSpec
 from suanli.schemas.jobs import JobSpec
-from suanli.schemas.services import ServiceSpec, ServiceUpdate
-from suanli.services import deployments, devenvs, jobs, nodes, serving
+from suanli.schemas.services import ServiceSpec, ServiceUpdate, SweepSpec
+from suanli.services import deployments, devenvs, jobs, nodes, serving, sweeps
 from suanli.services.actor import Actor
 
 Wake = Callable[[str], None]
@@ -140,3 +140,10 @@ class Workloads:
         deployment = serving.update(session, actor, service_id, change, inventory, self.settings)
         self.wake(DEPLOYMENTS)
         return deployment
+
+    def start_sweep(
+        self, session: Session, actor: Actor, service_id: int, spec: SweepSpec
+    ) -> ServiceSweep:
+        sweep = sweeps.start(session, actor, service_id, spec, self.settings, self.inventory())
+        self.wake(WORKLOADS)
+        return sweep

@@ -52,6 +52,11 @@ class Engine(BaseModel):
     protocol: Literal["openai", "http", "grpc", "tcp"] = "openai"
     health: str = "/health"  # an HTTP path answering 200 once ready (http and openai)
     env: dict[str, str] = Field(default_factory=dict)
+    # Arguments that make the engine listen on a Unix socket ({socket}) instead of a port,
+    # added where the replica runs on this host (the local backend): the socket is in the
+    # replica's own folder (mode 700), so only its account and the server reach it — not the
+    # other accounts on the host, as they would a port on loopback. vLLM: ["--uds", "{socket}"].
+    socket_args: list[str] = Field(default_factory=list)
 
 
 class SlurmSettings(BaseModel):
@@ -177,6 +182,9 @@ class Settings(BaseSettings):
     engines: dict[str, Engine] = Field(default_factory=dict)
     gateway_max_body_bytes: int = Field(4 * 2**20, ge=2**10, le=2**30)
     gateway_cold_start_seconds: float = Field(300.0, ge=1, le=3600)
+    # The engine whose Python runs load sweeps of services (vLLM's serving benchmark):
+    # a registered engine with vLLM installed in its prefix.
+    benchmark_engine: str = "vllm"
     # How often replicas not yet ready are asked whether they are (seconds).
     service_probe_interval_seconds: float = Field(1.0, ge=0.1, le=60)
 

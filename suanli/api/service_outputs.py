@@ -7,14 +7,18 @@ from sqlalchemy.orm import Session
 from suanli.api.deployment_outputs import health
 from suanli.api.outputs import job_out
 from suanli.config import Settings
-from suanli.db.models import Deployment, Job, ServiceKey
+from suanli.db.models import Deployment, Job, ServiceKey, ServiceSweep
 from suanli.schemas.services import (
+    PointOut,
     ReplicaOut,
     ServiceDetailOut,
     ServiceKeyOut,
     ServiceOut,
+    SizingOut,
+    SweepOut,
 )
 from suanli.services import deployments, serving
+from suanli.serving.sizing import Sizing
 
 
 def service_out(
@@ -118,4 +122,31 @@ def key_out(key: ServiceKey, used: int) -> ServiceKeyOut:
         expires_at=key.expires_at,
         last_used_at=key.last_used_at,
         revoked_at=key.revoked_at,
+    )
+
+
+def sweep_out(sweep: ServiceSweep, service: str) -> SweepOut:
+    return SweepOut(
+        id=sweep.id,
+        service=service,
+        state=sweep.state,
+        params=dict(sweep.params),
+        points=[PointOut(**p) for p in sweep.points],
+        error=sweep.error,
+        job_id=sweep.job_id,
+        user=sweep.user_name,
+        created_at=sweep.created_at,
+        finished_at=sweep.finished_at,
+    )
+
+
+def sizing_out(sweep: ServiceSweep, answer: Sizing, gpus_per_replica: object) -> SizingOut:
+    per_replica = float(gpus_per_replica) if isinstance(gpus_per_replica, int | float) else 0.0
+    return SizingOut(
+        sweep_id=sweep.id,
+        replicas=answer.replicas,
+        concurrency=answer.concurrency,
+        requests_per_second_per_replica=answer.requests_per_second_per_replica,
+        gpus=answer.replicas * per_replica if answer.replicas is not None else None,
+        best_ttft_p95_ms=answer.best_ttft_p95_ms,
     )

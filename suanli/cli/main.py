@@ -23,6 +23,7 @@ from suanli.cli import (
     monitoring,
     nodes,
     projects,
+    services,
     sshkeys,
     tokens,
     users,
@@ -63,6 +64,9 @@ app.command("submit")(jobs.submit)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(envs.app, name="envs")
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(services.app, name="services")
+app.add_typer(services.keys_app, name="keys")
+app.add_typer(services.prompts_app, name="prompts")
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.models_app, name="models")
 app.add_typer(data.imports_app, name="imports")

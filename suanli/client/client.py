@@ -78,13 +78,19 @@ class Client:
         self.devenvs = DevEnvs(self)
         self.deployments = Deployments(self)
         self.ssh_keys = SshKeys(self)
-        # Imported here: the data groups build on this module's ApiError and _Group.
+        # Imported here: these groups build on this module's ApiError and _Group.
         from suanli.client.data import Imports, Repositories, Uploads
 
         self.datasets = Repositories(self, "datasets")
         self.models = Repositories(self, "models")
         self.uploads = Uploads(self)
         self.imports = Imports(self)
+        from suanli.client.services import Prompts, ServiceKeys, Services, ServiceUsage
+
+        self.services = Services(self)
+        self.service_keys = ServiceKeys(self)
+        self.service_usage = ServiceUsage(self)
+        self.prompts = Prompts(self)
 
     def __enter__(self) -> Client:
         return self

@@ -370,6 +370,8 @@ class Job(Base):
     # A service replica's port on its node, chosen at launch (by the server, never read back
     # from anything the workload wrote), and when it first answered its health check.
     port: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Or the Unix socket it listens on (an engine with socket_args on the local backend).
+    socket: Mapped[str] = mapped_column(String(4096), default="")
     ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     project: Mapped[Project] = relationship()
@@ -756,3 +758,26 @@ class PromptTemplate(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     project: Mapped[Project] = relationship()
+
+
+class ServiceSweep(Base):
+    """A load sweep of a service (capacity planning): a job runs vLLM's serving benchmark
+    through the gateway at rising concurrency; its curves (suanli.serving.sizing.Point) are
+    read from the job's folder when it ends."""
+
+    __tablename__ = "service_sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("service_keys.id", ondelete="SET NULL"))
+    user_name: Mapped[str] = mapped_column(String(32))
+    # running | succeeded | failed
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    points: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -4,8 +4,10 @@ server chose. The gateway (suanli.serving) routes to it once it answers its heal
 (suanli.serving.probe); the deployment controller keeps the service's replicas.
 
 Placeholders in an engine's command and environment, and in a user's command, are filled
-here: {python} {model} {name} {host} {port}, and {token} in the environment only (argument
-vectors are visible to every account on a node: `ps`).
+here: {python} {model} {name} {host} {port} {socket}, and {token} in the environment only
+(argument vectors are visible to every account on a node: `ps`). An engine with socket args
+listens on a Unix socket in the replica's folder instead of the port, where the replica runs
+on this host: the folder's mode keeps every other account out.
 """
 
 import random
@@ -18,9 +20,11 @@ from typing import ClassVar
 from suanli.config import Engine, Settings
 from suanli.kinds.base import Kind, Launch, Start, Unsupported, data_inputs
 from suanli.schemas.services import ServiceTemplate
+from suanli.services import workfolders
 
 # Where a node's port is chosen blindly (a cluster's node, not this host).
 REMOTE_PORTS = (20000, 60000)
+SOCKET = "service.sock"
 
 
 class ServiceKind(Kind):
@@ -40,6 +44,10 @@ class ServiceKind(Kind):
             job.port = free_port(remote=start.capabilities.remote)
             job.token = secrets.token_urlsafe(32)
             job.ready_at = None
+            job.socket = ""
+            if engine and engine.socket_args and not start.capabilities.remote:
+                job.socket = str(start.folder / SOCKET)
+                workfolders.remove(start.folder, SOCKET)
         mounts, inputs = data_inputs(start)
         model = next((item for item in job.inputs or [] if item.get("kind") == "model"), None)
         values = {
@@ -53,6 +61,9 @@ class ServiceKind(Kind):
             "{port}": str(job.port),
         }
         command = list(engine.command if engine else spec.command or [])
+        if job.socket and engine:
+            command += engine.socket_args
+        values["{socket}"] = job.socket
         argv = tuple(fill(part, values) for part in [*command, *spec.args])
         secret = {**values, "{token}": job.token}
         env = {

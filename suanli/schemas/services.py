@@ -244,3 +244,54 @@ class PromptOut(ResponseModel):
     parameters: dict[str, Any]
     user: str
     created_at: datetime
+
+
+class SweepSpec(RequestModel):
+    """A load sweep: vLLM's serving benchmark through the gateway at concurrency 1, 2, 4, …
+    up to `max_concurrency`, `prompts` requests at each, random prompts of `input_len`
+    tokens asking for `output_len`."""
+
+    max_concurrency: count(minimum=1, maximum=256) = 8
+    prompts: count(minimum=1, maximum=10_000) = 16
+    input_len: count(minimum=1, maximum=32_768) = 128
+    output_len: count(minimum=1, maximum=32_768) = 64
+
+
+class PointOut(ResponseModel):
+    concurrency: int
+    requests_per_second: float
+    output_tokens_per_second: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    tpot_p50_ms: float
+    tpot_p95_ms: float
+    completed: int
+    failed: int
+
+
+class SweepOut(ResponseModel):
+    id: int
+    service: str
+    state: str  # running | succeeded | failed
+    params: dict[str, Any]
+    points: list[PointOut]
+    error: str
+    job_id: int | None
+    user: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SizingQuery(RequestModel):
+    rps: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
+    ttft_p95_ms: Annotated[float, Field(gt=0, le=3_600_000, allow_inf_nan=False)]
+    sweep: count(minimum=1, maximum=2**31 - 1) | None = None
+
+
+class SizingOut(ResponseModel):
+    sweep_id: int
+    replicas: int | None  # None: no measured concurrency meets the latency
+    concurrency: int | None  # per replica, at which the latency holds
+    requests_per_second_per_replica: float | None
+    gpus: float | None  # the replicas' GPUs, as the service asks per replica
+    best_ttft_p95_ms: float  # the lowest TTFT p95 measured

@@ -46,6 +46,13 @@ class KeyGrant:
 
 
 def create(session: Session, actor: Actor, spec: ServiceKeySpec) -> tuple[ServiceKey, str]:
+    key, secret = add(session, actor, spec)
+    commit(session, "error.conflict")
+    return key, secret
+
+
+def add(session: Session, actor: Actor, spec: ServiceKeySpec) -> tuple[ServiceKey, str]:
+    """A new key in the session, not yet committed (a load sweep commits it with its job)."""
     project, _ = access(session, actor, spec.project, ProjectRole.member)
     writable(project)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -75,7 +82,6 @@ def create(session: Session, actor: Actor, spec: ServiceKeySpec) -> tuple[Servic
         project=project,
         detail={"models": key.models, "prefix": key.prefix},
     )
-    commit(session, "error.conflict")
     return key, secret
 
 

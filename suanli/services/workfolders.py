@@ -70,3 +70,32 @@ def remove(folder: Path, name: str) -> None:
             os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def read(folder: Path, relative: str, limit: int) -> bytes | None:
+    """The bytes of `folder/relative` as its workload wrote them, if that is a regular file
+    of at most `limit` bytes reached without following a link (the folder is its user's: a
+    link to the platform's secrets, a pipe or a giant is not read)."""
+    parts = [part for part in relative.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(folder, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+        with os.fdopen(file_fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                return None
+            data = handle.read(limit + 1)
+        return data if len(data) <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

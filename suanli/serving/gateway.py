@@ -26,7 +26,7 @@ from suanli.config import Settings
 from suanli.db.engine import Database
 from suanli.db.models import Deployment
 from suanli.i18n import negotiate, translate
-from suanli.serving import tokens
+from suanli.serving import sockets, tokens
 from suanli.serving.autoscale import Traffic
 from suanli.serving.identity import Identities, Identity
 from suanli.serving.meter import Meter, Record
@@ -126,10 +126,9 @@ class Gateway:
         self.meter = meter
         self.wake = wake
         self.identities = Identities(database)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=None),
-            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512),
-        )
+        self.client = _new_client()
+        # One pool per replica that listens on a Unix socket (httpx binds a socket per pool).
+        self.socket_clients: dict[str, httpx.AsyncClient] = {}
 
     async def start(self) -> None:
         await self.table.start()
@@ -139,6 +138,26 @@ class Gateway:
         await self.table.close()
         await self.meter.close()
         await self.client.aclose()
+        for client in self.socket_clients.values():
+            await client.aclose()
+
+    async def _client_for(self, upstream: Upstream) -> httpx.AsyncClient:
+        """The pool that reaches the replica: the shared one over TCP, its own over its
+        socket, which must still be a socket (not a link put in its place)."""
+        if not upstream.socket:
+            return self.client
+        client = self.socket_clients.get(upstream.socket)
+        if client is None:
+            if not sockets.is_socket(upstream.socket):
+                raise httpx.ConnectError(f"{upstream.socket} is not a socket")
+            await self._forget_gone_sockets()
+            client = self.socket_clients[upstream.socket] = _new_client(upstream.socket)
+        return client
+
+    async def _forget_gone_sockets(self) -> None:
+        live = {u.socket for r in self.table.routes.values() for u in r.upstreams if u.socket}
+        for path in [p for p in self.socket_clients if p not in live]:
+            await self.socket_clients.pop(path).aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -288,7 +307,12 @@ class Gateway:
             upstream = await self._ready(call.route, frozenset(tried))
             self.table.begin(upstream)
             try:
-                outgoing = self.client.build_request(
+                try:
+                    client = await self._client_for(upstream)
+                except httpx.ConnectError:
+                    tried.add(upstream.job_id)
+                    continue
+                outgoing = client.build_request(
                     "POST",
                     upstream.url + "/v1/" + call.endpoint,
                     content=payload,
@@ -298,7 +322,7 @@ class Gateway:
                     },
                 )
                 try:
-                    response = await self.client.send(outgoing, stream=True)
+                    response = await client.send(outgoing, stream=True)
                 except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ConnectTimeout):
                     tried.add(upstream.job_id)  # stopping, or gone: another one
                     continue
@@ -507,7 +531,12 @@ class Gateway:
             tried: set[int] = set()
             for _ in range(ATTEMPTS):
                 upstream = await self._ready(route, frozenset(tried))
-                outgoing = self.client.build_request(
+                try:
+                    client = await self._client_for(upstream)
+                except httpx.ConnectError:
+                    tried.add(upstream.job_id)
+                    continue
+                outgoing = client.build_request(
                     scope["method"],
                     upstream.url + rest + (f"?{query}" if query else ""),
                     content=body,
@@ -516,7 +545,7 @@ class Gateway:
                 self.table.begin(upstream)
                 try:
                     try:
-                        response = await self.client.send(outgoing, stream=True)
+                        response = await client.send(outgoing, stream=True)
                     except (httpx.ConnectError, httpx.RemoteProtocolError):
                         tried.add(upstream.job_id)
                         continue
@@ -531,6 +560,14 @@ class Gateway:
         finally:
             self.traffic.end(route.deployment_id)
             self._meter(call)
+
+
+def _new_client(socket: str | None = None) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=512)
+    transport = httpx.AsyncHTTPTransport(uds=socket, limits=limits) if socket else None
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, read=None), limits=limits, transport=transport
+    )
 
 
 async def _relay(call: Call, response: httpx.Response, send: Send) -> None:

@@ -20,6 +20,7 @@ from suanli.db.engine import Database
 from suanli.db.models import Deployment, Job
 from suanli.kinds import service as service_kind
 from suanli.services.jobs import note
+from suanli.serving import sockets
 
 log = logging.getLogger("suanli.serving.probe")
 FAILURES_TO_UNREADY = 3
@@ -48,7 +49,9 @@ class Prober:
         now = time.monotonic()
         with self.database.reading() as session:
             rows = session.execute(
-                select(Job.id, Job.port, Job.placement, Job.ready_at, Deployment.template)
+                select(
+                    Job.id, Job.port, Job.socket, Job.placement, Job.ready_at, Deployment.template
+                )
                 .join(Deployment, Job.deployment_id == Deployment.id)
                 .where(
                     Job.kind == service_kind.KIND.name,
@@ -81,6 +84,8 @@ class Prober:
             self._write(ready, unready)
 
     def _answers(self, row: Any) -> bool:
+        if row.socket:
+            return self._answers_on_socket(row)
         host = self.address(str((row.placement or {}).get("node", "")))
         protocol = service_kind.protocol_of(self.settings, row.template)
         if protocol in ("grpc", "tcp"):
@@ -96,6 +101,19 @@ class Prober:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    def _answers_on_socket(self, row: Any) -> bool:
+        """Only a socket (not a link its owner put in its place) is asked."""
+        if not sockets.is_socket(row.socket):
+            return False
+        path = service_kind.health_of(self.settings, row.template)
+        try:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=row.socket), timeout=TIMEOUT
+            ) as client:
+                return client.get(f"http://localhost{path}").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _write(self, ready: list[int], unready: list[int]) -> None:
         moment = datetime.now(UTC)

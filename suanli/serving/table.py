@@ -29,8 +29,9 @@ REFRESH_SECONDS = 0.5
 @dataclass
 class Upstream:
     job_id: int
-    url: str  # http://host:port
+    url: str  # http://host:port (http://localhost over a socket)
     token: str
+    socket: str = ""  # a Unix socket in the replica's folder, where it listens on one
 
 
 @dataclass
@@ -106,7 +107,9 @@ class Table:
                 .options(selectinload(Deployment.project))
             ).all()
             replicas = session.execute(
-                select(Job.id, Job.deployment_id, Job.port, Job.token, Job.placement).where(
+                select(
+                    Job.id, Job.deployment_id, Job.port, Job.socket, Job.token, Job.placement
+                ).where(
                     Job.kind == service_kind.KIND.name,
                     Job.state == State.running,
                     Job.stop_reason == "",
@@ -135,9 +138,13 @@ class Table:
             route = by_id.get(row.deployment_id)
             if route is None:
                 continue
-            host = self.address(_node(row.placement))
-            host = f"[{host}]" if ":" in host else host
-            route.upstreams.append(Upstream(row.id, f"http://{host}:{row.port}", row.token))
+            if row.socket:
+                upstream = Upstream(row.id, "http://localhost", row.token, row.socket)
+            else:
+                host = self.address(_node(row.placement))
+                host = f"[{host}]" if ":" in host else host
+                upstream = Upstream(row.id, f"http://{host}:{row.port}", row.token)
+            route.upstreams.append(upstream)
         return routes
 
     def _tokenizer(self, inputs: list[dict[str, Any]]) -> Path | None:

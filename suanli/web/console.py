@@ -20,6 +20,7 @@ from suanli.web.routes import (
     nodes,
     overview,
     projects,
+    services,
 )
 
 _NOT_CONSOLE = ("/api/", "/static/", "/docs", "/openapi.json", "/healthz", "/readyz", "/metrics")
@@ -45,6 +46,7 @@ def install(app: FastAPI) -> None:
         jobs,
         devenvs,
         deployments,
+        services,
         data,
         nodes,
         monitoring,

@@ -448,6 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-start", action="store_true")
     parser.add_argument("--token-env", default=None, metavar="NAME")
     parser.add_argument("--log", default=None, metavar="FILE")
+    parser.add_argument("--uds", default=None, metavar="PATH", help="listen on a Unix socket")
     return parser.parse_args(argv)
 
 
@@ -474,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         Upstream(settings_from(args)),
         host=args.host,
         port=args.port,
+        uds=args.uds,
         http=http_implementation(),
         lifespan="off",
         access_log=False,

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from suanli.api.deps import CallerDep, SessionDep, SettingsDep, WorkloadsDep
+from suanli.api.deps import CallerDep, DatabaseDep, SessionDep, SettingsDep, WorkloadsDep
 from suanli.api.problems import language_of
-from suanli.api.service_outputs import service_detail_out, services_out
+from suanli.api.service_outputs import service_detail_out, services_out, sizing_out, sweep_out
 from suanli.config import Settings
 from suanli.db.models import Deployment
 from suanli.kinds import service as service_kind
@@ -21,12 +21,16 @@ from suanli.schemas.services import (
     ServiceOut,
     ServiceSpec,
     ServiceUpdate,
+    SizingOut,
+    SizingQuery,
+    SweepOut,
+    SweepSpec,
     UsageQuery,
     UsageRow,
 )
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
-from suanli.services import deployments, service_usage, serving
+from suanli.services import deployments, service_usage, serving, sweeps
 
 router = APIRouter(tags=["services"])
 ServiceId = Annotated[int, Path(ge=1, le=MAX_INT32)]
@@ -157,6 +161,51 @@ def logs(
         tail=query.tail,
     )
     return LogChunkOut(text=chunk.text, next_offset=chunk.next_offset, finished=chunk.finished)
+
+
+@router.post("/services/{service_id}/sweeps", response_model=SweepOut, status_code=201)
+def sweep(
+    service_id: ServiceId,
+    spec: SweepSpec,
+    caller: CallerDep,
+    session: SessionDep,
+    workloads: WorkloadsDep,
+) -> SweepOut:
+    """Run a load sweep (capacity planning): vLLM's serving benchmark through the gateway
+    at concurrency 1, 2, 4, … up to `max_concurrency`, as a job of the project. Its curves
+    (TTFT, TPOT, throughput per concurrency) appear here when the job has ended."""
+    found = workloads.start_sweep(session, caller.actor, service_id, spec)
+    return sweep_out(found, serving.get(session, caller.actor, service_id).name)
+
+
+@router.get("/services/{service_id}/sweeps", response_model=list[SweepOut])
+def sweeps_of(
+    service_id: ServiceId, caller: CallerDep, database: DatabaseDep, settings: SettingsDep
+) -> list[SweepOut]:
+    """Newest first; those whose job ended are read (and their keys revoked) first."""
+    with database.writing() as session:
+        service = serving.get(session, caller.actor, service_id)
+        sweeps.settle(session, settings, service.id)
+    with database.reading() as session:
+        return [
+            sweep_out(s, service.name)
+            for s in sweeps.list_sweeps(session, caller.actor, service_id)
+        ]
+
+
+@router.get("/services/{service_id}/sizing", response_model=SizingOut)
+def sizing_of(
+    service_id: ServiceId,
+    query: Annotated[SizingQuery, Query()],
+    caller: CallerDep,
+    session: SessionDep,
+) -> SizingOut:
+    """How many replicas serve `rps` requests per second with a TTFT p95 of at most
+    `ttft_p95_ms`, from the service's newest sweep (or the one named): from measured
+    latency and throughput, not from FLOPS."""
+    found, answer = sweeps.size(session, caller.actor, service_id, query)
+    gpus = serving.get(session, caller.actor, service_id).request.get("gpus")
+    return sizing_out(found, answer, gpus)
 
 
 @router.get("/engines", response_model=list[EngineOut])

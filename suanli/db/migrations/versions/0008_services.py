@@ -1,5 +1,5 @@
 """model services: autoscaling and inputs of deployments, replicas' ports and readiness,
-API keys, usage, prompt templates
+API keys, usage, prompt templates, load sweeps
 
 Revision ID: 0008
 Revises: 0007
@@ -25,6 +25,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("inputs", sa.JSON(), nullable=False, server_default="[]"))
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("port", sa.Integer(), nullable=True))
+        batch.add_column(
+            sa.Column("socket", sa.String(length=4096), nullable=False, server_default="")
+        )
         batch.add_column(sa.Column("ready_at", UTCDateTime(timezone=True), nullable=True))
     op.create_table(
         "service_keys",
@@ -97,14 +100,35 @@ def upgrade() -> None:
         ["project_id", "name", "version"],
         unique=True,
     )
+    op.create_table(
+        "service_sweeps",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("deployment_id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=True),
+        sa.Column("key_id", sa.Integer(), nullable=True),
+        sa.Column("user_name", sa.String(length=32), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("params", sa.JSON(), nullable=False),
+        sa.Column("points", sa.JSON(), nullable=False),
+        sa.Column("error", sa.String(length=2000), nullable=False),
+        sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["deployment_id"], ["deployments.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(["key_id"], ["service_keys.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_service_sweeps_deployment_id", "service_sweeps", ["deployment_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("service_sweeps")
     op.drop_table("prompt_templates")
     op.drop_table("service_usage")
     op.drop_table("service_keys")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("ready_at")
+        batch.drop_column("socket")
         batch.drop_column("port")
     with op.batch_alter_table("deployments") as batch:
         batch.drop_column("inputs")
