@@ -148,5 +148,5 @@ def sizing_out(sweep: ServiceSweep, answer: Sizing, gpus_per_replica: object) ->
         concurrency=answer.concurrency,
         requests_per_second_per_replica=answer.requests_per_second_per_replica,
         gpus=answer.replicas * per_replica if answer.replicas is not None else None,
-        best_ttft_p95_ms=answer.best_ttft_p95_ms,
+        best_ttft_p95_ms=answer.lowest_ttft_p95_ms,
     )
