@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -60,6 +60,9 @@ _HOP = {
     "cookie",
     "content-length",
 }
+# The console's CSRF token and proxies' forwarding headers are the platform's, not the
+# service's.
+_OURS = {"x-csrf-token", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -107,6 +110,13 @@ class Call:
     completion_tokens: int = 0
     counted: bool = False
     first_token: float | None = None
+    # What the answer carried, kept by the relay and settled into tokens after it (outside
+    # the relay, which a client's going away cancels): the engine's usage, else the text.
+    usage: dict[str, Any] | None = None
+    body: bytes | None = None  # a whole answer
+    events: list[bytes] = field(default_factory=list)  # a stream's, up to MAX_COUNTED_BYTES
+    events_size: int = 0
+    complete: bool = False  # the whole answer reached the client
 
 
 class Gateway:
@@ -319,6 +329,7 @@ class Gateway:
                     headers={
                         "content-type": "application/json",
                         "authorization": f"Bearer {upstream.token}",
+                        "accept-encoding": "identity",  # relayed and read as it comes
                     },
                 )
                 try:
@@ -328,10 +339,13 @@ class Gateway:
                     continue
                 try:
                     await _until_gone(
-                        receive, self._answer(call, response, request, stream, strip_usage, send)
+                        receive, self._answer(call, response, stream, strip_usage, send)
                     )
                 finally:
                     await response.aclose()
+                if not call.complete and call.status == 200:
+                    call.status = 499  # the client went away: what it got is still metered
+                await self._settle(call, request)
                 return
             finally:
                 self.table.end(upstream)
@@ -378,7 +392,6 @@ class Gateway:
         self,
         call: Call,
         response: httpx.Response,
-        request: dict[str, Any],
         stream: bool,
         strip_usage: bool,
         send: Send,
@@ -396,27 +409,19 @@ class Gateway:
         )
         if not is_stream:
             body = await response.aread()
-            await send({"type": "http.response.body", "body": body})
             call.first_token = time.perf_counter()
-            if response.status_code == 200:
-                await self._usage_of_body(call, body, request)
+            call.body = body
+            call.complete = True
+            await send({"type": "http.response.body", "body": body})
             return
-        await self._relay_stream(call, response, request, strip_usage, send)
+        await self._relay_stream(call, response, strip_usage, send)
 
     async def _relay_stream(
-        self,
-        call: Call,
-        response: httpx.Response,
-        request: dict[str, Any],
-        strip_usage: bool,
-        send: Send,
+        self, call: Call, response: httpx.Response, strip_usage: bool, send: Send
     ) -> None:
         """Event by event, as the engine sends them. The usage chunk the gateway asked for
         is read and, where the client did not ask for it, left out."""
         pending = b""
-        kept: list[bytes] = []
-        kept_size = 0
-        usage: dict[str, Any] | None = None
         try:
             async for chunk in response.aiter_raw():
                 pending += chunk
@@ -428,10 +433,10 @@ class Gateway:
                     call.first_token = time.perf_counter()
                 if b'"usage"' in events:
                     events, found = _take_usage(events, strip_usage)
-                    usage = found or usage
-                if kept_size < MAX_COUNTED_BYTES:
-                    kept.append(events)
-                    kept_size += len(events)
+                    call.usage = found or call.usage
+                if call.events_size < MAX_COUNTED_BYTES:
+                    call.events.append(events)
+                    call.events_size += len(events)
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
         except httpx.HTTPError as error:  # the engine went away mid-stream
@@ -447,25 +452,31 @@ class Gateway:
             }
             closing = b"data: " + json.dumps(failure).encode() + b"\n\n"
             await send({"type": "http.response.body", "body": closing, "more_body": True})
+        call.complete = True
         await send({"type": "http.response.body", "body": pending})
-        if usage and usage.get("completion_tokens") is not None:
-            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            call.completion_tokens = int(usage.get("completion_tokens") or 0)
-            return
-        text = _streamed_text(b"".join(kept))
-        await self._count(call, request, text)
 
-    async def _usage_of_body(self, call: Call, body: bytes, request: dict[str, Any]) -> None:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        usage = answer.get("usage") if isinstance(answer, dict) else None
-        if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
-            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+    async def _settle(self, call: Call, request: dict[str, Any]) -> None:
+        """The request's tokens: the engine's usage where it sent one, else counted with the
+        model's tokenizer from what reached the client (a stream cut short included)."""
+        if call.body is not None:
+            if call.status != 200:
+                return
+            try:
+                answer = json.loads(call.body)
+            except (ValueError, RecursionError):
+                answer = None
+            usage = answer.get("usage") if isinstance(answer, dict) else None
+            if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
+                call.usage = usage
+            else:
+                await self._count(call, request, _answer_text(answer))
+                return
+        if call.usage and call.usage.get("completion_tokens") is not None:
+            call.prompt_tokens = int(call.usage.get("prompt_tokens") or 0)
+            call.completion_tokens = int(call.usage.get("completion_tokens") or 0)
             return
-        await self._count(call, request, _answer_text(answer))
+        if call.body is None:
+            await self._count(call, request, _streamed_text(b"".join(call.events)))
 
     async def _count(self, call: Call, request: dict[str, Any], completion: str) -> None:
         """No usage from the engine: count with the model's tokenizer (in a thread)."""
@@ -521,11 +532,10 @@ class Gateway:
             raise Refused(401, "invalid_api_key", "error.gateway_unauthenticated")
         route = self._route(identity, f"{parts[0]}/{parts[1]}")
         body = await self._body(receive, headers)
-        rest = "/" + (parts[2] if len(parts) > 2 else "")
-        query = scope.get("query_string", b"").decode("latin-1")
+        target = _proxied_target(scope)
         language = negotiate(headers.get("accept-language"))
         call = Call(identity, route, "proxy", time.perf_counter(), language)
-        forwarded = [(k, v) for k, v in headers.items() if k not in _HOP]
+        forwarded = [(k, v) for k, v in headers.items() if k not in _HOP and k not in _OURS]
         self.traffic.begin(route.deployment_id)
         try:
             tried: set[int] = set()
@@ -538,7 +548,7 @@ class Gateway:
                     continue
                 outgoing = client.build_request(
                     scope["method"],
-                    upstream.url + rest + (f"?{query}" if query else ""),
+                    httpx.URL(upstream.url).copy_with(raw_path=target),
                     content=body,
                     headers=[*forwarded, ("authorization", f"Bearer {upstream.token}")],
                 )
@@ -576,7 +586,7 @@ async def _relay(call: Call, response: httpx.Response, send: Send) -> None:
         {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": _answer_headers(response.headers, stream=False),
+            "headers": _answer_headers(response.headers, stream=False, raw=True),
         }
     )
     async for chunk in response.aiter_raw():
@@ -609,11 +619,16 @@ async def _until_gone(receive: Receive, work: Awaitable[None]) -> None:
             await watcher
 
 
-def _answer_headers(upstream: httpx.Headers, stream: bool) -> list[tuple[bytes, bytes]]:
+def _answer_headers(
+    upstream: httpx.Headers, stream: bool, raw: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """The engine's headers without hop-by-hop ones. `raw`: the bytes go through as they
+    came (the proxy), so their content-encoding goes with them; /v1 asks for none."""
+    dropped = {"date", "server"} | (set() if raw else {"content-encoding"})
     out = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in upstream.multi_items()
-        if k.lower() not in _HOP and k.lower() not in ("date", "server", "content-encoding")
+        if k.lower() not in _HOP and k.lower() not in dropped
     ]
     if not stream and "content-length" in upstream:
         out.append((b"content-length", upstream["content-length"].encode()))
@@ -623,10 +638,20 @@ def _answer_headers(upstream: httpx.Headers, stream: bool) -> list[tuple[bytes, 
     return out
 
 
+def _proxied_target(scope: Scope) -> bytes:
+    """The rest of the path after /s/<project>/<service>, as the client encoded it (an
+    escaped `?` or `/` stays escaped), with its query."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    rest = raw.split(b"?", 1)[0].split(b"/", 4)  # ["", "s", project, service, rest]
+    path = b"/" + (rest[4] if len(rest) > 4 else b"")
+    query = scope.get("query_string", b"")
+    return path + (b"?" + query if query else b"")
+
+
 def _parse(body: bytes) -> dict[str, Any]:
     try:
         request = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Refused(400, "invalid_json", "error.gateway_bad_json") from None
     if not isinstance(request, dict):
         raise Refused(400, "invalid_json", "error.gateway_not_object")
@@ -699,8 +724,8 @@ def _prompt_text(request: dict[str, Any]) -> str:
             parts.append(content)
         elif isinstance(content, list):
             parts += [p.get("text", "") for p in content if isinstance(p, dict) and "text" in p]
-    for field in ("prompt", "input"):
-        value = request.get(field)
+    for name in ("prompt", "input"):
+        value = request.get(name)
         if isinstance(value, str):
             parts.append(value)
         elif isinstance(value, list):

@@ -9,6 +9,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,6 +40,11 @@ class Identity:
         return self.projects is None or project in self.projects
 
 
+def _expired(identity: Identity) -> bool:
+    key = identity.key
+    return bool(key and key.expires_at and key.expires_at <= datetime.now(UTC))
+
+
 class Identities:
     def __init__(self, database: Database):
         self.database = database
@@ -52,7 +58,10 @@ class Identities:
             digest = hashlib.sha256(secret.encode()).hexdigest()
             kept = self._kept.get(digest)
             if kept is not None and kept[0] > time.monotonic():
-                return kept[1]
+                if not _expired(kept[1]):
+                    return kept[1]
+                self._kept.pop(digest, None)
+                return None
             found = await asyncio.to_thread(self._by_secret, secret)
             if found is not None:
                 if len(self._kept) > 10_000:
