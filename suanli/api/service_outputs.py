@@ -56,12 +56,24 @@ def service_out(
 
 
 def services_out(
-    session: Session, settings: Settings, found: Sequence[Deployment]
+    session: Session, settings: Settings, found: Sequence[Deployment], language: str
 ) -> list[ServiceOut]:
+    """A list, with ready replicas counted and the reason of those not ready, in a few
+    queries for all."""
     ids = [d.id for d in found]
     counted = deployments.counts(session, ids)
     ready = serving.ready_counts(session, ids)
-    return [service_out(settings, d, counted[d.id], ready[d.id]) for d in found]
+    recent = serving.recent_replicas(session, ids)
+    return [
+        service_out(
+            settings,
+            d,
+            counted[d.id],
+            ready[d.id],
+            why([replica_out(job, language) for job in recent.get(d.id, [])]),
+        )
+        for d in found
+    ]
 
 
 def service_detail_out(
@@ -99,7 +111,10 @@ def why(replicas: Sequence[ReplicaOut]) -> str:
         if replica.pending is not None:
             return replica.pending.message
         if replica.exit is not None and replica.exit.reason not in ("cancelled",):
-            return replica.exit.message + (f" {replica.exit.detail}" if replica.exit.detail else "")
+            message, detail = replica.exit.message, replica.exit.detail.strip()
+            if detail and detail.lower().rstrip(".") not in message.lower():
+                message = f"{message} {detail}"
+            return message
         if replica.state in ("admitted", "starting", "running") and not replica.ready:
             return ""
     return ""

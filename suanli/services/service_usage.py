@@ -121,6 +121,7 @@ def as_csv(rows: Sequence[Usage]) -> Iterator[str]:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
+    yield _taken(out)
     for row in rows:
         ttft = row.ttft_ms_avg
         writer.writerow(
@@ -137,6 +138,12 @@ def as_csv(rows: Sequence[Usage]) -> Iterator[str]:
                 f"{ttft:.1f}" if ttft is not None else "",
             ]
         )
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
+        yield _taken(out)
+
+
+def _taken(out: io.StringIO) -> str:
+    """What was written since the last time, the buffer emptied."""
+    text = out.getvalue()
+    out.seek(0)
+    out.truncate()
+    return text

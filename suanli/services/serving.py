@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from suanli.config import Settings
 from suanli.core.errors import Forbidden, InvalidInput, NotFound
@@ -169,6 +169,25 @@ def ready_counts(session: Session, ids: Sequence[int]) -> dict[int, int]:
     counts = dict.fromkeys(ids, 0)
     counts.update({deployment_id: number for deployment_id, number in rows})
     return counts
+
+
+def recent_replicas(
+    session: Session, ids: Sequence[int], per_service: int = 3
+) -> dict[int, list[Job]]:
+    """Each service's newest replicas (what its reason is read from), in one query."""
+    rows = session.scalars(
+        select(Job)
+        .options(selectinload(Job.project))
+        .where(Job.deployment_id.in_(ids))
+        .order_by(Job.id.desc())
+        .limit(max(50, per_service * len(ids) * 4))
+    ).all()
+    found: dict[int, list[Job]] = {}
+    for job in rows:
+        kept = found.setdefault(job.deployment_id or 0, [])
+        if len(kept) < per_service:
+            kept.append(job)
+    return found
 
 
 def _model(

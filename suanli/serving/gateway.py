@@ -45,6 +45,9 @@ ENDPOINTS = {
     "/v1/embeddings": "embeddings",
 }
 ATTEMPTS = 3  # replicas tried for one request when one refuses the connection
+# An upstream that went away before its answer began: the request goes to another replica
+# (a replica being stopped, or killed, with the routing table not yet told).
+UPSTREAM_GONE = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
 MAX_COUNTED_BYTES = 8 * 2**20  # of a stream kept to count its tokens where no usage came
 _HOP = {
     "connection",
@@ -334,12 +337,13 @@ class Gateway:
                 )
                 try:
                     response = await client.send(outgoing, stream=True)
-                except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ConnectTimeout):
+                    body = None if stream else await response.aread()
+                except UPSTREAM_GONE:
                     tried.add(upstream.job_id)  # stopping, or gone: another one
                     continue
                 try:
                     await _until_gone(
-                        receive, self._answer(call, response, stream, strip_usage, send)
+                        receive, self._answer(call, response, body, strip_usage, send)
                     )
                 finally:
                     await response.aclose()
@@ -359,15 +363,16 @@ class Gateway:
         if route.state != "active":
             raise Refused(503, "service_stopped", "error.gateway_stopped", model=route.model)
         deadline = time.monotonic() + self.settings.gateway_cold_start_seconds
-        if route.replicas == 0:
-            await asyncio.to_thread(self._wake, route.deployment_id)
-            self.table.changed()
-        while time.monotonic() < deadline:
+        current: Route | None = route
+        woken = False
+        while current is not None and time.monotonic() < deadline:
+            if current.replicas == 0 and not woken:  # also one scaled to zero meanwhile
+                await asyncio.to_thread(self._wake, route.deployment_id)
+                self.table.changed()
+                woken = True
             await self.table.wait_change(min(1.0, deadline - time.monotonic()))
             current = self.table.routes.get((route.project, route.name))
-            if current is None:
-                break
-            upstream = self.table.pick(current, tried)
+            upstream = self.table.pick(current, tried) if current is not None else None
             if upstream is not None:
                 return upstream
         raise Refused(
@@ -392,14 +397,19 @@ class Gateway:
         self,
         call: Call,
         response: httpx.Response,
-        stream: bool,
+        body: bytes | None,
         strip_usage: bool,
         send: Send,
     ) -> None:
+        """A whole answer (`body`, read before anything was sent: an engine that dies before
+        it is whole is retried on another replica), or a stream relayed as it comes (an
+        engine's error to a stream request may come whole too)."""
         call.status = response.status_code
-        is_stream = stream and response.headers.get("content-type", "").startswith(
+        is_stream = body is None and response.headers.get("content-type", "").startswith(
             "text/event-stream"
         )
+        if body is None and not is_stream:
+            body = await response.aread()
         await send(
             {
                 "type": "http.response.start",
@@ -407,8 +417,7 @@ class Gateway:
                 "headers": _answer_headers(response.headers, is_stream),
             }
         )
-        if not is_stream:
-            body = await response.aread()
+        if body is not None:
             call.first_token = time.perf_counter()
             call.body = body
             call.complete = True
@@ -556,7 +565,7 @@ class Gateway:
                 try:
                     try:
                         response = await client.send(outgoing, stream=True)
-                    except (httpx.ConnectError, httpx.RemoteProtocolError):
+                    except UPSTREAM_GONE:
                         tried.add(upstream.job_id)
                         continue
                     try:

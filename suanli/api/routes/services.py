@@ -63,13 +63,15 @@ def deploy(
 @router.get("/services", response_model=list[ServiceOut])
 def list_services(
     query: Annotated[ServiceListQuery, Query()],
+    request: Request,
     caller: CallerDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> list[ServiceOut]:
-    """Newest first, from the projects you belong to, with ready replicas counted."""
+    """Newest first, from the projects you belong to, with ready replicas counted and why
+    those not ready are not."""
     found = serving.list_services(session, caller.actor, query.project)
-    return services_out(session, settings, found)
+    return services_out(session, settings, found, language_of(request))
 
 
 @router.get("/services/{service_id}", response_model=ServiceDetailOut)
