@@ -410,12 +410,16 @@ class Gateway:
         )
         if body is None and not is_stream:
             body = await response.aread()
+        headers = _answer_headers(response.headers, is_stream)
+        if body is not None:
+            if response.status_code >= 400:
+                body = _openai_error(response.status_code, body, call.language)
+                headers = [(k, v) for k, v in headers if k != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
         await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": _answer_headers(response.headers, is_stream),
-            }
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
         if body is not None:
             call.first_token = time.perf_counter()
@@ -446,6 +450,8 @@ class Gateway:
                 if call.events_size < MAX_COUNTED_BYTES:
                     call.events.append(events)
                     call.events_size += len(events)
+                if b"data: [DONE]" in events:
+                    call.complete = True  # the client may hang up once it has read this
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
         except httpx.HTTPError as error:  # the engine went away mid-stream
@@ -645,6 +651,28 @@ def _answer_headers(
         out.append((b"x-accel-buffering", b"no"))
         out.append((b"cache-control", b"no-cache"))
     return out
+
+
+def _openai_error(status: int, body: bytes, language: str) -> bytes:
+    """An engine's error as it came where it is in OpenAI's shape already; else in that
+    shape, with the engine's own words as its message."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        return body
+    said = answer.get("detail") if isinstance(answer, dict) else None
+    said = said if isinstance(said, str) else body.decode("utf-8", "replace").strip()
+    code = "unsupported_endpoint" if status in (404, 405) else "upstream_error"
+    message = translate("error.gateway_engine_refused", language, status=status, said=said[:500])
+    error = {
+        "message": message,
+        "type": _ERROR_TYPES.get(status, "server_error"),
+        "param": None,
+        "code": code,
+    }
+    return json.dumps({"error": error}, ensure_ascii=False).encode()
 
 
 def _proxied_target(scope: Scope) -> bytes:
