@@ -82,7 +82,7 @@ def service_detail_out(
     counted = deployments.counts(session, [deployment.id])[deployment.id]
     ready = serving.ready_counts(session, [deployment.id])[deployment.id]
     replicas = deployments.replicas_of(session, deployment)
-    shown = [replica_out(job, language) for job in replicas]
+    shown = [replica_out(job, language, deployment) for job in replicas]
     out = service_out(settings, deployment, counted, ready, why(shown))
     protocol = out.protocol
     endpoint = (
@@ -99,10 +99,13 @@ def service_detail_out(
     )
 
 
-def replica_out(job: Job, language: str) -> ReplicaOut:
+def replica_out(job: Job, language: str, deployment: Deployment | None = None) -> ReplicaOut:
     shown = job_out(job, language)
     ready = job.state == "running" and job.ready_at is not None and not job.stop_reason
-    return ReplicaOut(**shown.model_dump(), ready=ready)
+    current = deployment is None or (
+        job.spec == deployment.template and (job.inputs or []) == (deployment.inputs or [])
+    )
+    return ReplicaOut(**shown.model_dump(), ready=ready, current=current)
 
 
 def why(replicas: Sequence[ReplicaOut]) -> str:

@@ -131,6 +131,8 @@ class ServiceListQuery(RequestModel):
 
 class ReplicaOut(JobOut):
     ready: bool
+    # Made from the service's current template (False: an old one a rolling update replaces).
+    current: bool = True
 
 
 class ServiceOut(ResponseModel):
