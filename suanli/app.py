@@ -181,9 +181,7 @@ def create_app(
     app.state.isolation = isolation.assess(settings)
     app.state.gateway = model_gateway(settings, database, runtime, app.state.platform)
     app.add_middleware(RequestTiming)
-    app.add_middleware(limits.BodyLimit)  # nothing runs for a refused body
-    # Outermost: the model gateway's lean path, before any of the application's middleware.
-    app.add_middleware(Dispatch, gateway=lambda: app.state.gateway)
+    app.add_middleware(limits.BodyLimit)  # outermost of the app's: nothing runs for a refused body
     problems.install(app, page=console.error_page)
 
     api = APIRouter(prefix=API_PREFIX, responses=problems.ERROR_RESPONSES)
@@ -217,6 +215,9 @@ def create_app(
     docs.install(app)
     app.router.routes.extend(proxy.routes())
     console.install(app)
+    # In front of everything, Starlette's own error handling included: the model gateway's
+    # lean path (/v1, /s/), which answers its own errors in OpenAI's shape.
+    app.middleware_stack = Dispatch(app.build_middleware_stack(), lambda: app.state.gateway)
     return app
 
 

@@ -117,13 +117,17 @@ class Workloads:
         self.wake(DEPLOYMENTS)
         return deployment
 
-    def stop_deployment(self, session: Session, actor: Actor, deployment_id: int) -> Deployment:
-        deployment = deployments.stop(session, actor, deployment_id)
+    def stop_deployment(
+        self, session: Session, actor: Actor, deployment_id: int, kind: str = deployments.REPLICA
+    ) -> Deployment:
+        deployment = deployments.stop(session, actor, deployment_id, kind)
         self.wake(DEPLOYMENTS)
         return deployment
 
-    def start_deployment(self, session: Session, actor: Actor, deployment_id: int) -> Deployment:
-        deployment = deployments.start(session, actor, deployment_id)
+    def start_deployment(
+        self, session: Session, actor: Actor, deployment_id: int, kind: str = deployments.REPLICA
+    ) -> Deployment:
+        deployment = deployments.start(session, actor, deployment_id, kind)
         self.wake(DEPLOYMENTS)
         return deployment
 

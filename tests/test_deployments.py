@@ -4,6 +4,7 @@ isolation, and the console and CLI on the same deployments."""
 
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -437,3 +438,27 @@ def test_the_cli_manages_deployments(
     assert (from_file["name"], from_file["replicas"]) == ("from-file", 0)
     assert from_file["template"]["command"] == ["sleep", "600"]
     assert from_file["template"]["resources"]["memory"] == 64 * 2**20
+
+
+def test_a_replica_still_waiting_ends_when_it_is_scaled_away(
+    admin: Client, made: list[int]
+) -> None:
+    """Replicas that wait for capacity are surplus first on a scale-down, and end at once
+    (they were once left waiting forever, their deployment unable to be removed)."""
+    project = unique("wait")
+    admin.projects.create(project)
+    whole_host = {"command": SLEEP, "resources": {"cpus": float(os.cpu_count() or 1)}}
+    body = {"project": project, "name": "big", "replicas": 2, "template": whole_host}
+    created = create(admin, made, body)
+    wait_for(lambda: in_state(admin, created.id, "pending"), 30, "a replica waiting")
+    admin.deployments.scale(created.id, 0)
+
+    def ended() -> bool:
+        found = admin.deployments.get(created.id)
+        return found.running + found.starting == 0 and bool(found.workloads)
+
+    wait_for(ended, 30, "every replica ended")
+    waited = [w for w in admin.deployments.get(created.id).workloads if w.started_at is None]
+    assert waited and all(w.state == "cancelled" for w in waited)
+    admin.deployments.stop(created.id)
+    admin.deployments.remove(created.id)

@@ -25,7 +25,10 @@ EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # naming an unknown Python environment or an idle timeout of "0", text that is not an SSH
 # public key); an upload's metadata without its project or a body of another media type, a
 # version naming content the project never uploaded or a part of a path longer than 255
-# bytes, a workload's output that is no folder, an import whose URL does not suit its kind.
+# bytes, a workload's output that is no folder, an import whose URL does not suit its kind;
+# a service with both an engine and a command (or an unknown engine, a model that is not
+# there, replicas "3..1" or "0", a duration of "0"), a key that expires in "0", a usage
+# query whose `since` is not before its `until`, a prompt template with a malformed brace.
 RULES_BEYOND_THE_SCHEMA = {
     "POST /api/v1/uploads",
     "PATCH /api/v1/uploads/{upload_id}",
@@ -48,6 +51,12 @@ RULES_BEYOND_THE_SCHEMA = {
     "POST /api/v1/users",
     "POST /api/v1/users/{name}/password",
     "PATCH /api/v1/projects/{name}/quota",
+    "POST /api/v1/services",
+    "PATCH /api/v1/services/{service_id}",
+    "POST /api/v1/service-keys",
+    "GET /api/v1/service-usage",
+    "GET /api/v1/service-usage.csv",
+    "POST /api/v1/projects/{project}/prompts/{name}",
 }
 
 

@@ -7,6 +7,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 from fastapi.routing import iter_route_contexts
@@ -16,6 +17,7 @@ from suanli.app import create_app
 from suanli.config import Settings
 from suanli.monitoring.model import METRICS
 from suanli.web.console import is_console
+from tests.serving.helpers import FAKE_ENGINE
 
 ADMIN_PASSWORD = "admin-test-password"
 
@@ -95,6 +97,11 @@ def test_every_console_page_but_login_needs_a_session_and_every_form_a_csrf_toke
             else:
                 refused = client.request(method, path, data={"language": "en"})
                 assert refused.status_code == 403, (method, route.path, refused.status_code)
+                # One CSRF cookie at a time: pages (the login page, the refusal's) set one of
+                # their own, and two cookies of one name reach the server in an order the HTTP
+                # client decides (httpx2, which Starlette's test client prefers where it is
+                # installed, sends the page's one last: the server reads that one).
+                client.cookies.clear()
                 client.cookies.set("suanli_csrf", anonymous_csrf)
                 # The token as a form field and as the header (htmx's, and the only one the
                 # console's tus endpoint reads: it never reads a form from its body).
@@ -145,7 +152,7 @@ SIMULATED_GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 
 # Routes of one object of the planted project: a stranger gets 404, as for nothing there.
 OBJECT_ROUTE = re.compile(
     r"^(/api/v1)?/(projects/\{name\}|jobs/\{job_id\}|devenvs/\{env_id\}"
-    r"|deployments/\{deployment_id\})"
+    r"|deployments/\{deployment_id\}|services/\{service_id\}|projects/\{project\}/prompts)"
 )
 
 
@@ -153,7 +160,8 @@ OBJECT_ROUTE = re.compile(
 class Planted:
     """A project of someone else's, with a failed job (its alert fired), a job on a GPU, a
     waiting dev environment and a deployment with a replica; a silence and an alert rule that
-    name the project."""
+    name the project; a model service with a ready replica, called through the gateway with a
+    key of the project (usage), and a prompt template."""
 
     project: str
     owner: str
@@ -169,17 +177,31 @@ class Planted:
     file: str
     import_id: int
     upload_id: str
+    service: int
+    service_replica: int
+    service_name: str
+    prompt: str
     names: tuple[str, ...]  # every name a stranger must never read
 
     @property
     def ids(self) -> tuple[int, ...]:
-        return (self.failed, self.running, self.env, self.deployment, self.replica)
+        return (
+            self.failed,
+            self.running,
+            self.env,
+            self.deployment,
+            self.replica,
+            self.service,
+            self.service_replica,
+        )
 
 
 def plant(url: str, admin: httpx.Client) -> Planted:
     project, owner = unique("secretproj"), unique("secretuser")
     failing, running_name, env_name = unique("secretjob"), unique("secretrun"), unique("secretenv")
     deployment_name = unique("secretdeploy")
+    service_name, key_name = unique("secretsvc"), unique("secretkey")
+    prompt = unique("secretprompt")
     created = admin.post("/api/v1/users", json={"name": owner, "password": f"{owner}-pw"})
     assert created.status_code == 201, created.text
     created = admin.post("/api/v1/projects", json={"name": project, "owner": owner})
@@ -190,6 +212,13 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         response = theirs.post(path, json={"project": project, **body})
         assert response.status_code == 201, response.text
         return response.json()
+
+    # The service first: the dev environment below waits for GPUs at the head of the queue.
+    service = made("/api/v1/services", {"name": service_name, "engine": "fake"})
+
+    def served() -> bool:
+        detail = theirs.get(f"/api/v1/services/{service['id']}").json()
+        return detail["ready"] > 0
 
     failed = made("/api/v1/jobs", {"name": failing, "command": ["false"]})
     spec = {"name": running_name, "command": ["sleep", "600"], "resources": {"gpus": 1}}
@@ -250,6 +279,25 @@ def plant(url: str, admin: httpx.Client) -> Planted:
     rule = {"name": unique("watch"), "kind": "event", "metric": "job.failed"}
     rule["match"] = {"project": project}
     assert admin.post("/api/v1/alerts/rules", json=rule).status_code == 201
+    wait_for(served)
+    key = made("/api/v1/service-keys", {"name": key_name})
+    called = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": service_name, "messages": [{"role": "user", "content": "secret words"}]},
+        headers={"Authorization": f"Bearer {key['key']}"},
+        timeout=20,
+    )
+    assert called.status_code == 200, called.text
+
+    def metered() -> list:
+        return theirs.get("/api/v1/service-usage", params={"project": project}).json()
+
+    wait_for(metered)
+    saved = theirs.post(
+        f"/api/v1/projects/{project}/prompts/{prompt}", json={"template": "secret {words}"}
+    )
+    assert saved.status_code == 201, saved.text
+    service_replica = theirs.get(f"/api/v1/services/{service['id']}").json()["replicas_list"]
     theirs.close()
     return Planted(
         project=project,
@@ -266,7 +314,24 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         file=file,
         import_id=started.json()["id"],
         upload_id=upload.headers["Location"].rsplit("/", 1)[-1],
-        names=(project, owner, failing, running_name, env_name, deployment_name, dataset, file),
+        service=service["id"],
+        service_replica=service_replica[0]["id"],
+        service_name=service_name,
+        prompt=prompt,
+        names=(
+            project,
+            owner,
+            failing,
+            running_name,
+            env_name,
+            deployment_name,
+            dataset,
+            file,
+            service_name,
+            key_name,
+            key["prefix"],
+            prompt,
+        ),
     )
 
 
@@ -304,7 +369,10 @@ def path_values(path: str, planted: Planted) -> dict[str, str]:
         "path:path": "",
         "import_id": str(planted.import_id),
         "upload_id": planted.upload_id,
+        "service_id": str(planted.service),
     }
+    if path.startswith(("/api/v1/services/", "/services/")):
+        by_name["replica_id"] = str(planted.service_replica)
     if path.startswith(("/api/v1/datasets/", "/datasets/", "/api/v1/models/", "/models/")):
         model = path.startswith(("/api/v1/models/", "/models/"))
         by_name.update(
@@ -314,7 +382,9 @@ def path_values(path: str, planted: Planted) -> dict[str, str]:
             tag="prod",
         )
         by_name["path:path"] = planted.file
-    if path.startswith(("/api/v1/users/", "/admin/users/")):
+    if path.startswith("/api/v1/projects/{project}/prompts"):
+        by_name.update(project=planted.project, name=planted.prompt)
+    elif path.startswith(("/api/v1/users/", "/admin/users/")):
         by_name["name"] = planted.owner
     elif path.startswith(("/api/v1/nodes/", "/nodes/")):
         by_name["name"] = planted.node
@@ -334,8 +404,17 @@ def queries(path: str, planted: Planted) -> list[dict[str, str]]:
         return [q for m in METRICS for q in ({"metric": m}, {"metric": m, "label": job})]
     if path in ("/api/v1/jobs", "/jobs", "/api/v1/devenvs", "/devenvs"):
         return [{}, {"project": planted.project}, {"user": planted.owner}]
-    if path in ("/api/v1/deployments", "/deployments"):
+    if path in ("/api/v1/deployments", "/deployments", "/api/v1/services", "/services"):
         return [{}, {"project": planted.project}]
+    if path in ("/api/v1/service-usage", "/api/v1/service-usage.csv"):
+        project = planted.project
+        return [{"project": project}, {"project": project, "service": planted.service_name}]
+    if path in ("/api/v1/service-keys", "/keys", "/services/new", "/playground/prompts"):
+        return [{}, {"project": planted.project}]
+    if path == "/playground":
+        return [{}, {"model": f"{planted.project}/{planted.service_name}"}]
+    if path == "/api/v1/services/{service_id}/sizing":
+        return [{"rps": "1", "ttft_p95_ms": "1000"}]
     if path in ("/api/v1/datasets", "/datasets", "/api/v1/models", "/models"):
         return [{}, {"project": planted.project}, {"catalogue": "true"}]
     if path in ("/api/v1/audit", "/admin/audit"):
@@ -366,7 +445,12 @@ def test_a_stranger_reads_nothing_of_another_project_on_any_route(server_factory
     naming the planted project's objects: none answers with its name, its jobs' names or
     ids, its owner's name; its objects' routes answer 404."""
     server = server_factory(
-        {"SUANLI_SIMULATED_GPUS": SIMULATED_GPUS, "SUANLI_METRICS_INTERVAL_SECONDS": "1"}
+        {
+            "SUANLI_SIMULATED_GPUS": SIMULATED_GPUS,
+            "SUANLI_METRICS_INTERVAL_SECONDS": "1",
+            "SUANLI_ENGINES": json.dumps({"fake": FAKE_ENGINE}),
+            "SUANLI_SERVICE_PROBE_INTERVAL_SECONDS": "0.2",
+        }
     )
     admin = signed_in(server.url, "admin", ADMIN_PASSWORD)
     planted = plant(server.url, admin)
@@ -390,11 +474,24 @@ def test_a_stranger_reads_nothing_of_another_project_on_any_route(server_factory
         for params in queries(route.path, planted):
             response = client.get(path, params=params)
             shown = (route.path, params, response.status_code)
-            supplied = [path, *values.values(), *params.values()]
+            # A page may echo its query back (the language switch's `next`), URL-encoded.
+            encoded = [quote(value, safe="") for value in params.values()]
+            supplied = [path, *values.values(), *params.values(), *encoded]
             assert not leaks(response.text, supplied, planted), (*shown, response.text[:2000])
             if OBJECT_ROUTE.match(route.path):
                 assert response.status_code == 404, shown
             checked += 1
     assert checked > 100  # the walk really went through the routes and the series
+    # The gateway (no route of the app: a middleware before it) lists and serves him nothing.
+    model = f"{planted.project}/{planted.service_name}"
+    listed = api.get("/v1/models")
+    assert listed.status_code == 200 and not leaks(listed.text, [], planted), listed.text
+    for client in (api, console):
+        called = client.post("/v1/chat/completions", json={"model": model, "messages": []})
+        assert called.status_code in (401, 404), called.text  # the console's: no CSRF header
+        assert not leaks(called.text, [model], planted), called.text
+        proxied = client.get(f"/s/{model}/health")
+        assert proxied.status_code in (401, 404), proxied.text
+        assert not leaks(proxied.text, [model], planted), proxied.text
     for client in (admin, api, console):
         client.close()

@@ -217,11 +217,15 @@ class WorkloadController:
         with self.database.writing() as session:
             jobs = session.scalars(
                 select(Job).where(
-                    Job.stop_reason != "", Job.stop_sent_at.is_(None), Job.state.in_(ACTIVE)
+                    Job.stop_reason != "",
+                    Job.stop_sent_at.is_(None),
+                    Job.state.in_([State.pending, *ACTIVE]),
                 )
             ).all()
             for job in jobs:
-                if job.handle is None:  # admitted, not launched yet: nothing to stop
+                # Pending (a replica scaled down while it waited), or admitted and not
+                # launched yet: nothing to stop.
+                if job.handle is None:
                     if job.stop_reason == "preempted":
                         self._requeue(job, "event.preempted_before_start")
                     else:

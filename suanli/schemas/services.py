@@ -287,7 +287,8 @@ class SweepOut(ResponseModel):
 class SizingQuery(RequestModel):
     rps: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
     ttft_p95_ms: Annotated[float, Field(gt=0, le=3_600_000, allow_inf_nan=False)]
-    sweep: count(minimum=1, maximum=2**31 - 1) | None = None
+    # A query parameter: a string to be read as a number (not strict).
+    sweep: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
 
 
 class SizingOut(ResponseModel):

@@ -30,6 +30,7 @@ from suanli.services.jobs import check_quota, check_runnable, remove_folders
 from suanli.services.projects import access, writable
 
 ACTIVE_STATE, STOPPED = "active", "stopped"
+REPLICA = replica.KIND.name
 LIVE = (State.pending, *ACTIVE)
 
 
@@ -116,7 +117,7 @@ def list_deployments(
     session: Session,
     actor: Actor,
     query: DeploymentListQuery,
-    kind: str = replica.KIND.name,
+    kind: str = REPLICA,
 ) -> Sequence[Deployment]:
     statement = (
         select(Deployment).options(selectinload(Deployment.project)).order_by(Deployment.id.desc())
@@ -132,11 +133,18 @@ def list_deployments(
 
 
 def get(
-    session: Session, actor: Actor, deployment_id: int, need: ProjectRole = ProjectRole.viewer
+    session: Session,
+    actor: Actor,
+    deployment_id: int,
+    need: ProjectRole = ProjectRole.viewer,
+    kind: str = REPLICA,
 ) -> Deployment:
+    """A deployment of `kind` the actor may see: a model service is not a deployment to the
+    deployments' routes (they would scale it past its range), nor the other way round."""
     deployment = session.get(Deployment, deployment_id, options=[selectinload(Deployment.project)])
-    missing = NotFound("error.deployment_not_found", id=deployment_id)
-    if deployment is None:
+    key = "error.service_not_found" if kind == "service" else "error.deployment_not_found"
+    missing = NotFound(key, id=deployment_id)
+    if deployment is None or deployment.kind != kind:
         raise missing
     try:
         access(session, actor, deployment.project.name, need)
@@ -170,8 +178,10 @@ def replicas_of(session: Session, deployment: Deployment, limit: int = 50) -> Se
     ).all()
 
 
-def scale(session: Session, actor: Actor, deployment_id: int, replicas: int) -> Deployment:
-    deployment = managed(session, actor, deployment_id)
+def scale(
+    session: Session, actor: Actor, deployment_id: int, replicas: int, kind: str = REPLICA
+) -> Deployment:
+    deployment = managed(session, actor, deployment_id, kind)
     writable(deployment.project)
     before = deployment.replicas
     deployment.replicas = replicas
@@ -180,9 +190,9 @@ def scale(session: Session, actor: Actor, deployment_id: int, replicas: int) -> 
     return deployment
 
 
-def stop(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+def stop(session: Session, actor: Actor, deployment_id: int, kind: str = REPLICA) -> Deployment:
     """No replicas wanted: the controller stops them all; the template stays."""
-    deployment = managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id, kind)
     if deployment.state != STOPPED:
         deployment.state = STOPPED
         audit_event(session, actor, "deployment.stop", deployment)
@@ -190,9 +200,9 @@ def stop(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     return deployment
 
 
-def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
+def start(session: Session, actor: Actor, deployment_id: int, kind: str = REPLICA) -> Deployment:
     """Wanted again, as many as before; the backoff of earlier failures is forgotten."""
-    deployment = managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id, kind)
     writable(deployment.project)
     if deployment.state != ACTIVE_STATE:
         deployment.state = ACTIVE_STATE
@@ -202,10 +212,12 @@ def start(session: Session, actor: Actor, deployment_id: int) -> Deployment:
     return deployment
 
 
-def remove(session: Session, actor: Actor, deployment_id: int, settings: Settings) -> None:
+def remove(
+    session: Session, actor: Actor, deployment_id: int, settings: Settings, kind: str = REPLICA
+) -> None:
     """Forget a stopped deployment whose replicas have all ended: their rows go with it, and
     their folders (logs, the backend's state) after the commit."""
-    deployment = managed(session, actor, deployment_id)
+    deployment = managed(session, actor, deployment_id, kind)
     live = select(Job.id).where(Job.deployment_id == deployment.id, Job.state.in_(LIVE))
     if deployment.state != STOPPED or session.scalar(live.limit(1)) is not None:
         raise Conflict("error.deployment_not_stopped", name=deployment.name)
@@ -222,19 +234,19 @@ def find_replica(
     actor: Actor,
     deployment_id: int,
     replica_id: int,
-    kind: str = replica.KIND.name,
+    kind: str = REPLICA,
 ) -> Job:
     """A replica of this deployment, if the actor may see the deployment: one of another
     deployment (or no replica at all) is a 404 as for a replica that does not exist."""
-    deployment = get(session, actor, deployment_id)
+    deployment = get(session, actor, deployment_id, kind=kind)
     found = jobs.get_job(session, actor, replica_id, kind=kind, history=False)
     if found.deployment_id != deployment.id:
         raise NotFound("error.replica_not_found", id=replica_id)
     return found
 
 
-def managed(session: Session, actor: Actor, deployment_id: int) -> Deployment:
-    deployment = get(session, actor, deployment_id)
+def managed(session: Session, actor: Actor, deployment_id: int, kind: str = REPLICA) -> Deployment:
+    deployment = get(session, actor, deployment_id, kind=kind)
     if actor.is_admin or deployment.user_id == actor.account.id:
         return deployment
     _, role = access(session, actor, deployment.project.name)

@@ -70,8 +70,7 @@ def update(
 ) -> Deployment:
     """A new template (model version, arguments, environment, resources) is rolled out one
     replica at a time by the deployment controller; replicas and scaling apply at once."""
-    get(session, actor, service_id)
-    deployment = deployments.managed(session, actor, service_id)
+    deployment = deployments.managed(session, actor, service_id, SERVICE)
     project = deployment.project
     current = service_kind.KIND.load(deployment.template, deployment.spec_version)
     given = change.model_dump(exclude_unset=True, exclude={"replicas", "scaling"})
@@ -130,11 +129,11 @@ def list_services(session: Session, actor: Actor, project: str | None) -> Sequen
     return deployments.list_deployments(session, actor, query, kind=service_kind.KIND.name)
 
 
+SERVICE = service_kind.KIND.name
+
+
 def get(session: Session, actor: Actor, service_id: int) -> Deployment:
-    deployment = deployments.get(session, actor, service_id)
-    if deployment.kind != service_kind.KIND.name:
-        raise NotFound("error.service_not_found", id=service_id)
-    return deployment
+    return deployments.get(session, actor, service_id, kind=SERVICE)
 
 
 def by_name(session: Session, actor: Actor, project: str, name: str) -> Deployment:

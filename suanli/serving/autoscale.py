@@ -123,7 +123,9 @@ class Autoscaler:
         now = time.monotonic()
         with self.database.reading() as session:
             rows = session.execute(
-                select(Deployment.id, Deployment.replicas, Deployment.scaling).where(
+                select(
+                    Deployment.id, Deployment.replicas, Deployment.scaling, Deployment.updated_at
+                ).where(
                     Deployment.kind == service_kind.KIND.name,
                     Deployment.state == "active",
                     Deployment.scaling.is_not(None),
@@ -133,7 +135,11 @@ class Autoscaler:
         for row in rows:
             scaling = row.scaling or {}
             value, last = self.traffic.measure(row.id, scaling.get("metric", "inflight"), now)
-            idle_for = 0.0 if self.traffic.loads[row.id].inflight else now - (last or self.started)
+            # Idle since its last request, and at most since it was deployed, changed or woken
+            # (a new service is not idle before its first replica could answer).
+            changed = time.time() - row.updated_at.timestamp() if row.updated_at else 0.0
+            quiet = min(now - (last or self.started), max(0.0, changed))
+            idle_for = 0.0 if self.traffic.loads[row.id].inflight else quiet
             above, below = self.pending.get(row.id, (None, None))
             decision = decide(scaling, row.replicas, value, idle_for, above, below, now)
             self.pending[row.id] = (decision.above_since, decision.below_since)

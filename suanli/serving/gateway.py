@@ -175,15 +175,29 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         language = negotiate(headers.get("accept-language"))
+        started = False
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             if scope["path"].startswith(PROXY_PREFIX):
-                await self._proxy(scope, receive, send, headers)
+                await self._proxy(scope, receive, sending, headers)
             else:
-                await self._openai(scope, receive, send, headers, language)
+                await self._openai(scope, receive, sending, headers, language)
         except Refused as refused:
-            await _refuse(send, refused, language)
+            if not started:
+                await _refuse(send, refused, language)
         except Gone:
             return
+        except Exception:  # a bug: logged, and answered in OpenAI's shape where still possible
+            log.exception("the gateway failed on %s %s", scope["method"], scope["path"])
+            if not started:
+                await _refuse(
+                    send, Refused(500, "internal_error", "error.gateway_internal"), language
+                )
 
     # --- /v1 -------------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ def stop(
     workloads: WorkloadsDep,
 ) -> ServiceDetailOut:
     serving.get(session, caller.actor, service_id)
-    deployment = workloads.stop_deployment(session, caller.actor, service_id)
+    deployment = workloads.stop_deployment(session, caller.actor, service_id, serving.SERVICE)
     return _detail(request, session, settings, deployment)
 
 
@@ -126,7 +126,7 @@ def start(
     workloads: WorkloadsDep,
 ) -> ServiceDetailOut:
     serving.get(session, caller.actor, service_id)
-    deployment = workloads.start_deployment(session, caller.actor, service_id)
+    deployment = workloads.start_deployment(session, caller.actor, service_id, serving.SERVICE)
     return _detail(request, session, settings, deployment)
 
 
@@ -136,7 +136,7 @@ def remove(
 ) -> None:
     """Forget a stopped service whose replicas have all ended; its usage stays."""
     serving.get(session, caller.actor, service_id)
-    deployments.remove(session, caller.actor, service_id, settings)
+    deployments.remove(session, caller.actor, service_id, settings, serving.SERVICE)
 
 
 @router.get("/services/{service_id}/replicas/{replica_id}/logs", response_model=LogChunkOut)

@@ -10,6 +10,7 @@ service that does not exist. The playground's browser calls the gateway itself (
 the session cookie and the page's CSRF token); only prompt templates come through here.
 """
 
+import functools
 import json
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -101,7 +102,7 @@ def _member_projects(db: Session, actor: Actor) -> list[str]:
 def _may_manage(db: Session, actor: Actor, service_id: int) -> bool:
     """As the service decides: its author, the project's owners and administrators."""
     try:
-        deployments.managed(db, actor, service_id)
+        deployments.managed(db, actor, service_id, serving.SERVICE)
     except Forbidden:
         return False
     return True
@@ -429,20 +430,19 @@ def _act(
     to: str = "",
 ) -> Response:
     with get_database(request).writing() as db:
-        serving.get(db, viewer.actor, service_id)
         action(db, viewer.actor, service_id)
     return render.redirect(to or f"/services/{service_id}", flash=flash)
 
 
 @router.post("/services/{service_id}/stop")
 def stop_service(service_id: ServiceId, request: Request, viewer: ViewerDep) -> Response:
-    action = request.app.state.workloads.stop_deployment
+    action = functools.partial(request.app.state.workloads.stop_deployment, kind=serving.SERVICE)
     return _act(request, viewer, service_id, action, "web.services.flash.stopping")
 
 
 @router.post("/services/{service_id}/start")
 def start_service(service_id: ServiceId, request: Request, viewer: ViewerDep) -> Response:
-    action = request.app.state.workloads.start_deployment
+    action = functools.partial(request.app.state.workloads.start_deployment, kind=serving.SERVICE)
     return _act(request, viewer, service_id, action, "web.services.flash.started")
 
 
@@ -451,7 +451,7 @@ def remove_service(service_id: ServiceId, request: Request, viewer: ViewerDep) -
     settings = _settings(request)
 
     def remove(db: Session, actor: Actor, item_id: int) -> None:
-        deployments.remove(db, actor, item_id, settings)
+        deployments.remove(db, actor, item_id, settings, serving.SERVICE)
 
     return _act(request, viewer, service_id, remove, "web.services.flash.removed", "/services")
 
