@@ -333,7 +333,7 @@ def show_replica(
         request,
         "deployment_replica.html",
         nav="deployments",
-        deployment_id=deployment_id,
+        owner=f"/deployments/{deployment_id}",  # the replica's deployment or service
         replica=job_out(found, language),
         history=[(event, event_text(event, language)) for event in found.events],
         active=not State(found.state).terminal,

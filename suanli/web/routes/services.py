@@ -477,9 +477,9 @@ def show_replica(
     language = request.state.language
     return render.page(
         request,
-        "service_replica.html",
+        "deployment_replica.html",
         nav="services",
-        service_id=service_id,
+        owner=f"/services/{service_id}",  # the replica's deployment or service
         replica=job_out(found, language),
         history=[(event, event_text(event, language)) for event in found.events],
         active=not State(found.state).terminal,
