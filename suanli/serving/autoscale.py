@@ -45,6 +45,8 @@ class Traffic:
         load.inflight += 1
         load.last_request = now
         load.starts.append(now)
+        while load.starts[0] < now - WINDOW:  # also for services nobody autoscales
+            load.starts.popleft()
 
     def end(self, deployment_id: int) -> None:
         load = self.loads.get(deployment_id)
