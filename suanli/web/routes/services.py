@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from suanli.api.deps import SessionDep, get_database
 from suanli.api.outputs import event_text, job_out
-from suanli.api.service_outputs import key_out, service_detail_out, services_out
+from suanli.api.service_outputs import key_out, service_detail_out, services_out, sweep_out
 from suanli.config import Settings
 from suanli.core import documents
 from suanli.core.errors import Forbidden, SuanliError
@@ -41,10 +41,13 @@ from suanli.schemas.services import (
     ServiceOut,
     ServiceSpec,
     ServiceUpdate,
+    SizingQuery,
+    SweepSpec,
     UsageQuery,
 )
 from suanli.schemas.types import MAX_INT32, Name, RequestModel
 from suanli.services import deployments, projects, prompts, service_keys, service_usage, serving
+from suanli.services import sweeps as sweeps_service
 from suanli.services.actor import Actor
 from suanli.web import forms, render, session
 from suanli.web.routes.deployments import HEALTH_TONES
@@ -287,6 +290,9 @@ def _deploy(request: Request, viewer: Viewer, values: dict[str, str]) -> Respons
 def show_service(
     service_id: ServiceId, request: Request, db: SessionDep, viewer: ViewerDep
 ) -> Response:
+    with get_database(request).writing() as writer:  # load sweeps whose job ended: read
+        serving.get(writer, viewer.actor, service_id)
+        sweeps_service.settle(writer, _settings(request), service_id)
     return _service_page(request, db, viewer, service_id, {}, {})
 
 
@@ -307,12 +313,19 @@ def _service_page(
     replicas = f"{detail.min_replicas}..{detail.max_replicas}"
     if detail.min_replicas == detail.max_replicas:
         replicas = str(detail.replicas)
+    sweeps = [
+        sweep_out(found, detail.name)
+        for found in sweeps_service.list_sweeps(db, viewer.actor, service_id)[:5]
+    ]
+    sizing = _sizing(request, db, viewer, service_id) if sweeps else None
     return render.page(
         request,
         "service.html",
         status=status,
         nav="services",
         item=item,
+        sweeps=sweeps,
+        sizing=sizing,
         service=detail,
         base_url=f"{base}/v1",
         proxy_url=f"{base}/s/{detail.project}/{detail.name}/",
@@ -387,6 +400,54 @@ def usage_csv(
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{name}"'},
     )
+
+
+def _sizing(
+    request: Request, db: Session, viewer: Viewer, service_id: int
+) -> dict[str, Any] | None:
+    """The answer to the sizing form (`rps`, `ttft`), when it was asked: the replicas, or
+    why the question cannot be answered, in the reader's language."""
+    query = request.query_params
+    if "rps" not in query:
+        return None
+    asked = {"rps": query.get("rps", ""), "ttft_p95_ms": query.get("ttft", "")}
+    try:
+        sweep, answer = sweeps_service.size(db, viewer.actor, service_id, SizingQuery(**asked))
+    except (ValidationError, SuanliError) as error:
+        if isinstance(error, SuanliError) and error.status == 404 and error.field != "sweep":
+            raise
+        found = forms.errors_of(error, request.state.language)
+        return {"asked": asked, "error": "; ".join(found.values())}
+    return {"asked": asked, "sweep": sweep.id, "answer": answer}
+
+
+@router.post("/services/{service_id}/sweeps")
+async def start_sweep(service_id: ServiceId, request: Request, viewer: ViewerDep) -> Response:
+    """A load sweep from the service's page; its curves appear there when its job ends."""
+    values = forms.fields(await request.form())
+    return await to_thread.run_sync(_start_sweep, request, viewer, service_id, values)
+
+
+def _start_sweep(
+    request: Request, viewer: Viewer, service_id: int, values: dict[str, str]
+) -> Response:
+    database = get_database(request)
+    given = {
+        name: forms.number(value)
+        for name in ("max_concurrency", "prompts", "input_len", "output_len")
+        if (value := forms.optional(values, f"sweep.{name}"))
+    }
+    try:
+        spec = SweepSpec.model_validate(given)
+        with database.writing() as db:
+            request.app.state.workloads.start_sweep(db, viewer.actor, service_id, spec)
+    except (ValidationError, SuanliError) as error:
+        if isinstance(error, SuanliError) and error.status == 404:
+            raise
+        errors, status = forms.refused(request, error, prefix="sweep")
+        with database.reading() as db:
+            return _service_page(request, db, viewer, service_id, values, errors, status)
+    return render.redirect(f"/services/{service_id}", flash="web.services.flash.sweep_started")
 
 
 @router.post("/services/{service_id}/update")
