@@ -140,7 +140,7 @@ def create_app(
         if runtime is not None:
             runtime.start()
             if settings.ssh_enabled:
-                gateway = Gateway(settings, database)
+                gateway = Gateway(settings, database, app.state.gateway.table)
                 app.state.ssh_port = await gateway.start()
                 log.info(
                     "SSH gateway: ssh <environment>@%s -p %s; datasets and models: "

@@ -11,6 +11,11 @@ The login `data` is not an environment: `sftp -P <port> data@<server>` (or scp, 
 the user's datasets and models instead, served here (suanli.data.sftp). A user's environment
 named `data` is still entered as `data.<user>`.
 
+The login `services` forwards ports to model services that speak gRPC or plain TCP (and any
+other): `ssh -N -L 50051:<service>.<project>:0 services@<server> -p <port>` connects each
+connection to a ready replica of that service, if the key's owner may call it. The replica is
+reached by the server (its port or its Unix socket), never by the user directly.
+
 The host key lives in the data directory, so users' clients recognise the server after a
 restart. Database lookups run in threads: the gateway shares uvicorn's event loop.
 """
@@ -22,6 +27,7 @@ import logging
 from typing import Any
 
 import asyncssh
+import httpx
 
 from suanli.config import Settings
 from suanli.data import sftp
@@ -31,14 +37,22 @@ from suanli.devenvs import endpoints, keys
 from suanli.i18n import DEFAULT_LANGUAGE, translate
 from suanli.services import devenvs, sshkeys
 from suanli.services.devenvs import Entry
+from suanli.serving import sockets
+from suanli.serving.identity import Identities, Identity
+from suanli.serving.table import Table, Upstream
 
 log = logging.getLogger("suanli.gateway")
 
 
+SERVICES_LOGIN = "services"
+
+
 class Gateway:
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: Database, table: Table | None = None) -> None:
         self.settings = settings
         self.database = database
+        self.table = table  # the model gateway's routing table (the `services` login)
+        self.identities = Identities(database)
         self.client_key = keys.client_key(settings.data_dir)
         self.data = sftp.DataFiles(database, BlobStore(settings.data_dir / "data"))
         self.server: asyncssh.SSHAcceptor | None = None
@@ -81,6 +95,7 @@ class _Connection(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.entry: Entry | None = None
         self.person: sftp.Person | None = None  # signed in with the `data` login
+        self.caller: Identity | None = None  # signed in with the `services` login
         self.language = DEFAULT_LANGUAGE  # the signed-in user's, for what is said to them
         self._upstream: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
@@ -104,6 +119,8 @@ class _Connection(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if username == sftp.LOGIN:
             return await self._data_login(key)
+        if username == SERVICES_LOGIN:
+            return await self._services_login(key)
         entry, language = await asyncio.to_thread(self.gateway.lookup, username, key)
         if entry is None:
             log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), username)
@@ -127,31 +144,72 @@ class _Connection(asyncssh.SSHServer):
         self.language = person.language or DEFAULT_LANGUAGE
         return True
 
-    def session_requested(self) -> "_Relay | sftp.DataSession":
+    async def _services_login(self, key: asyncssh.SSHKey) -> bool:
+        """The `services` login: any user's registered key; which services they may reach
+        is their projects' (member or owner)."""
+        person = await asyncio.to_thread(self.gateway.data.person, key, "")
+        if person is None or self.gateway.table is None:
+            log.info("ssh: key %s refused for %r", key.get_fingerprint("sha256"), SERVICES_LOGIN)
+            return False
+        admin = await asyncio.to_thread(self.gateway.data.is_admin, person)
+        caller = self.gateway.identities.for_user
+        self.caller = await asyncio.to_thread(caller, person.user_id, person.name, admin)
+        self.language = person.language or DEFAULT_LANGUAGE
+        return True
+
+    def session_requested(self) -> "_Relay | sftp.DataSession | bool":
         if self.person is not None:
             return sftp.DataSession(self.gateway.data, self.person)
+        if self.caller is not None:
+            return False  # the services login only forwards ports
         return _Relay(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, *_: Any) -> Any:
         """Port forwarding (ssh -L, IDEs): opened from the environment's side."""
         if self.person is not None:
             return False  # the data login has no environment to forward into
+        if self.caller is not None:
+            upstream = self._service(dest_host)
+            return functools.partial(self._to_service, upstream) if upstream else False
         return functools.partial(self._forward, dest_host, dest_port)
 
-    async def _forward(
+    def _service(self, name: str) -> Upstream | None:
+        """`<service>.<project>`: a ready replica of it, if the caller may call it; None
+        refuses the channel, as for a service that does not exist."""
+        service, _, project = name.partition(".")
+        table, caller = self.gateway.table, self.caller
+        if table is None or caller is None or not caller.may_call(project):
+            return None
+        route = table.routes.get((project, service))
+        return table.pick(route) if route is not None else None
+
+    async def _to_service(
         self,
-        host: str,
-        port: int,
+        upstream: Upstream,
         reader: asyncssh.SSHReader[bytes],
         writer: asyncssh.SSHWriter[bytes],
     ) -> None:
+        """The connection to the replica: its Unix socket or its port, reached by the
+        server; counted as outstanding for the routing while it lasts."""
         try:
-            upstream = await self.upstream()
-            far_reader, far_writer = await upstream.open_connection(host, port, encoding=None)
-        except (OSError, asyncssh.Error):
+            if upstream.socket:
+                if not sockets.is_socket(upstream.socket):
+                    raise OSError("not a socket")
+                far_reader, far_writer = await asyncio.open_unix_connection(upstream.socket)
+            else:
+                address = httpx.URL(upstream.url)
+                far_reader, far_writer = await asyncio.open_connection(address.host, address.port)
+        except OSError:
             writer.close()
             return
-        await asyncio.gather(_copy(reader, far_writer), _copy(far_reader, writer))
+        table = self.gateway.table
+        if table is not None:
+            table.begin(upstream)
+        try:
+            await asyncio.gather(_copy(reader, far_writer), _copy(far_reader, writer))
+        finally:
+            if table is not None:
+                table.end(upstream)
 
     async def upstream(self) -> asyncssh.SSHClientConnection:
         """The link to the agent's SSH server, opened at first use, checked by its host key."""

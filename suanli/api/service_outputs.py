@@ -77,7 +77,11 @@ def services_out(
 
 
 def service_detail_out(
-    session: Session, settings: Settings, deployment: Deployment, language: str
+    session: Session,
+    settings: Settings,
+    deployment: Deployment,
+    language: str,
+    ssh_port: int | None = None,
 ) -> ServiceDetailOut:
     counted = deployments.counts(session, [deployment.id])[deployment.id]
     ready = serving.ready_counts(session, [deployment.id])[deployment.id]
@@ -85,11 +89,7 @@ def service_detail_out(
     shown = [replica_out(job, language, deployment) for job in replicas]
     out = service_out(settings, deployment, counted, ready, why(shown))
     protocol = out.protocol
-    endpoint = (
-        f"{settings.effective_public_url}/v1 (model {deployment.project.name}/{deployment.name})"
-        if protocol == "openai"
-        else f"{settings.effective_public_url}/s/{deployment.project.name}/{deployment.name}/"
-    )
+    endpoint = endpoint_of(settings, deployment, protocol, ssh_port)
     return ServiceDetailOut(
         **out.model_dump(),
         template=dict(deployment.template),
@@ -97,6 +97,21 @@ def service_detail_out(
         replicas_list=shown,
         endpoint=endpoint,
     )
+
+
+def endpoint_of(
+    settings: Settings, deployment: Deployment, protocol: str, ssh_port: int | None
+) -> str:
+    """How to call it: the gateway's /v1 and the model's name, the proxy's path (http), or
+    the SSH gateway's forwarded port (grpc, tcp)."""
+    base, project, name = settings.effective_public_url, deployment.project.name, deployment.name
+    if protocol == "openai":
+        return f"{base}/v1 (model {project}/{name})"
+    if protocol in ("grpc", "tcp"):
+        port = ssh_port or settings.ssh_port
+        host = settings.effective_ssh_host
+        return f"ssh -N -L 9000:{name}.{project}:0 services@{host} -p {port}"
+    return f"{base}/s/{project}/{name}/"
 
 
 def replica_out(job: Job, language: str, deployment: Deployment | None = None) -> ReplicaOut:

@@ -151,6 +151,11 @@ class DataFiles:
                 return None
             return Person(user.id, user.name, user.language or DEFAULT_LANGUAGE, address)
 
+    def is_admin(self, person: Person) -> bool:
+        with self.database.reading() as session:
+            user = session.get(User, person.user_id)
+            return bool(user and user.is_admin and not user.is_disabled)
+
     def projects(self, person: Person) -> list[str]:
         """The projects the person may write into (member or owner), not archived."""
         with self.database.reading() as session:

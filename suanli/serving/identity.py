@@ -101,6 +101,11 @@ class Identities:
         with self.database.reading() as session:
             return self._user(session, user.id, user.name, user.is_admin)
 
+    def for_user(self, user_id: int, name: str, admin: bool) -> Identity:
+        """A signed-in user's identity (the SSH gateway's `services` login), read now."""
+        with self.database.reading() as session:
+            return self._user(session, user_id, name, admin)
+
     def _user(self, session: Session, user_id: int, name: str, admin: bool) -> Identity:
         if admin:
             return Identity(user_id, name, None, None)

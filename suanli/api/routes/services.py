@@ -40,7 +40,8 @@ ReplicaId = Annotated[int, Path(ge=1, le=MAX_INT32)]
 def _detail(
     request: Request, session: Session, settings: Settings, deployment: Deployment
 ) -> ServiceDetailOut:
-    return service_detail_out(session, settings, deployment, language_of(request))
+    ssh_port = request.app.state.ssh_port
+    return service_detail_out(session, settings, deployment, language_of(request), ssh_port)
 
 
 @router.post("/services", response_model=ServiceDetailOut, status_code=201)

@@ -307,7 +307,8 @@ def _service_page(
 ) -> Response:
     settings = _settings(request)
     deployment = serving.get(db, viewer.actor, service_id)
-    detail = service_detail_out(db, settings, deployment, request.state.language)
+    ssh_port = request.app.state.ssh_port
+    detail = service_detail_out(db, settings, deployment, request.state.language, ssh_port)
     item = ServiceView(detail, _may_manage(db, viewer.actor, service_id))
     base = settings.effective_public_url.rstrip("/")
     replicas = f"{detail.min_replicas}..{detail.max_replicas}"
