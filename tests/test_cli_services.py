@@ -18,26 +18,9 @@ from waiting import wait_for
 from suanli.cli.main import main
 from suanli.client import Client
 from tests.conftest import RunningServer, unique
+from tests.serving.helpers import FAKE_ENGINE
 
-UPSTREAM = Path(__file__).parent / "serving" / "upstream.py"
-ENGINES = {
-    "fake": {
-        "command": [
-            sys.executable,
-            str(UPSTREAM),
-            "--port",
-            "{port}",
-            "--host",
-            "{host}",
-            "--model",
-            "{name}",
-            "--token-env",
-            "SUANLI_SERVICE_TOKEN",
-        ],
-        "protocol": "openai",
-        "version": "1",
-    }
-}
+ENGINES = {"fake": FAKE_ENGINE}
 Cli = Callable[..., tuple[int, str, str]]
 SMALL = ("--cpus", "0.2", "--memory", "256Mi")  # replicas fit beside each other on 2 cores
 

@@ -9,7 +9,6 @@ none of it."""
 import json
 import re
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,26 +22,9 @@ from playwright.sync_api import BrowserContext, Page, expect
 from test_console_http import Browser
 
 from suanli.client import Client
+from tests.serving.helpers import FAKE_ENGINE
 
-UPSTREAM = Path(__file__).parents[1] / "serving" / "upstream.py"
-ENGINES = {
-    "fake": {
-        "command": [
-            sys.executable,
-            str(UPSTREAM),
-            "--port",
-            "{port}",
-            "--host",
-            "{host}",
-            "--model",
-            "{name}",
-            "--token-env",
-            "SUANLI_SERVICE_TOKEN",
-        ],
-        "protocol": "openai",
-        "version": "1",
-    }
-}
+ENGINES = {"fake": FAKE_ENGINE}
 
 
 # A replica's share of a test machine of a few CPUs.
