@@ -211,6 +211,21 @@ class _Connection(asyncssh.SSHServer):
             if table is not None:
                 table.end(upstream)
 
+    async def _forward(
+        self,
+        host: str,
+        port: int,
+        reader: asyncssh.SSHReader[bytes],
+        writer: asyncssh.SSHWriter[bytes],
+    ) -> None:
+        try:
+            upstream = await self.upstream()
+            far_reader, far_writer = await upstream.open_connection(host, port, encoding=None)
+        except (OSError, asyncssh.Error):
+            writer.close()
+            return
+        await asyncio.gather(_copy(reader, far_writer), _copy(far_reader, writer))
+
     async def upstream(self) -> asyncssh.SSHClientConnection:
         """The link to the agent's SSH server, opened at first use, checked by its host key."""
         async with self._lock:
