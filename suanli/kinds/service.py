@@ -96,19 +96,22 @@ def engine_of(settings: Settings, spec: ServiceTemplate) -> Engine | None:
 
 def protocol_of(settings: Settings, template: Mapping[str, object]) -> str:
     """How it is reached: the template's own word, else its engine's, else http."""
-    given = template.get("protocol")
-    if isinstance(given, str):
-        return given
-    engine = settings.engines.get(str(template.get("engine") or ""))
-    return engine.protocol if engine else "http"
+    return _own_or_engines(settings, template, "protocol", "http")
 
 
 def health_of(settings: Settings, template: Mapping[str, object]) -> str:
-    given = template.get("health")
+    """Where its readiness is asked: the template's path, else its engine's, else /health."""
+    return _own_or_engines(settings, template, "health", "/health")
+
+
+def _own_or_engines(
+    settings: Settings, template: Mapping[str, object], field: str, default: str
+) -> str:
+    given = template.get(field)
     if isinstance(given, str):
         return given
     engine = settings.engines.get(str(template.get("engine") or ""))
-    return engine.health if engine else "/health"
+    return str(getattr(engine, field)) if engine else default
 
 
 def fill(text: str, values: Mapping[str, str]) -> str:

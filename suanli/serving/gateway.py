@@ -738,29 +738,21 @@ def _event_data(event: bytes) -> Any:
 
 def _streamed_text(events: bytes) -> str:
     """The text a stream carried (chat deltas or completion text)."""
-    parts: list[str] = []
-    for event in events.split(b"\n\n"):
-        data = _event_data(event) if event.strip() else None
-        choices = data.get("choices") if isinstance(data, dict) else None
-        for choice in choices if isinstance(choices, list) else []:
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta")
-            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-            if isinstance(piece, str):
-                parts.append(piece)
-    return "".join(parts)
+    return "".join(
+        _answer_text(_event_data(event)) for event in events.split(b"\n\n") if event.strip()
+    )
 
 
 def _answer_text(answer: Any) -> str:
-    if not isinstance(answer, dict):
-        return ""
+    """The text of an answer's choices (a whole answer's messages, a stream chunk's deltas,
+    or completions' text)."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
     parts: list[str] = []
-    for choice in answer.get("choices") or []:
+    for choice in choices if isinstance(choices, list) else []:
         if not isinstance(choice, dict):
             continue
-        message = choice.get("message")
-        piece = message.get("content") if isinstance(message, dict) else choice.get("text")
+        said = choice.get("message") or choice.get("delta")
+        piece = said.get("content") if isinstance(said, dict) else choice.get("text")
         if isinstance(piece, str):
             parts.append(piece)
     return "".join(parts)

