@@ -14,15 +14,17 @@ from sqlalchemy.orm import Session
 
 from suanli.backends.base import Capabilities
 from suanli.config import Settings
+from suanli.data.store import BlobStore
 from suanli.db.engine import Database
-from suanli.db.models import Deployment, Job, ServiceSweep
+from suanli.db.models import Deployment, Finetune, Job, ServiceSweep
 from suanli.kinds import job as job_kind
 from suanli.scheduler import model as sched
 from suanli.schemas.deployments import DeploymentSpec
 from suanli.schemas.devenvs import DevEnvSpec
+from suanli.schemas.finetune import FinetuneSpec
 from suanli.schemas.jobs import JobSpec
 from suanli.schemas.services import ServiceSpec, ServiceUpdate, SweepSpec
-from suanli.services import deployments, devenvs, jobs, nodes, serving, sweeps
+from suanli.services import deployments, devenvs, finetuning, jobs, nodes, serving, sweeps
 from suanli.services.actor import Actor
 
 Wake = Callable[[str], None]
@@ -130,6 +132,33 @@ class Workloads:
         deployment = deployments.start(session, actor, deployment_id, kind)
         self.wake(DEPLOYMENTS)
         return deployment
+
+    # Fine-tuning
+    def create_finetune(
+        self, session: Session, actor: Actor, spec: FinetuneSpec, store: BlobStore
+    ) -> Job:
+        inventory = self.inventory()
+        job = finetuning.create(session, actor, spec, store, self.settings, inventory)
+        self.wake(WORKLOADS)
+        return job
+
+    def stop_finetune(self, session: Session, actor: Actor, run_id: int) -> Job:
+        job = finetuning.stop(session, actor, run_id)
+        self.wake(WORKLOADS)
+        return job
+
+    def resume_finetune(self, session: Session, actor: Actor, run_id: int) -> Job:
+        job = finetuning.resume(session, actor, run_id)
+        self.wake(WORKLOADS)
+        return job
+
+    def compare_finetune(
+        self, session: Session, actor: Actor, run_id: int, prompts: list[str]
+    ) -> Finetune:
+        inventory = self.inventory()
+        row = finetuning.compare(session, actor, run_id, prompts, self.settings, inventory)
+        self.wake(WORKLOADS)
+        return row
 
     # Model services
     def deploy_service(self, session: Session, actor: Actor, spec: ServiceSpec) -> Deployment:

@@ -59,6 +59,18 @@ class Engine(BaseModel):
     socket_args: list[str] = Field(default_factory=list)
 
 
+class Trainer(BaseModel):
+    """A fine-tuning stack registered by an administrator: LLaMA-Factory installed in a
+    virtual environment (`scripts/engine-llamafactory`), whose `llamafactory-cli` a run
+    starts. `env` is added to every run's environment (an offline hub, a cache folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: Path
+    version: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 class SlurmSettings(BaseModel):
     """How to reach a Slurm cluster (backend = "slurm"). See docs/admin-guide.md, "Slurm:
     more than one server"."""
@@ -187,6 +199,11 @@ class Settings(BaseSettings):
     benchmark_engine: str = "vllm"
     # How often replicas not yet ready are asked whether they are (seconds).
     service_probe_interval_seconds: float = Field(1.0, ge=0.1, le=60)
+
+    # Fine-tuning. Trainers by name (see Trainer): runs name one, `llamafactory` by default.
+    # Running runs' progress is read, and a diverging run stopped, this often (seconds).
+    trainers: dict[str, Trainer] = Field(default_factory=dict)
+    finetune_watch_interval_seconds: float = Field(2.0, ge=0.2, le=60)
 
     # Datasets and models. Imports may fetch from loopback and private addresses (a NAS on
     # the organisation's network) only when this is on: otherwise a user could make the

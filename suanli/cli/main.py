@@ -19,6 +19,7 @@ from suanli.cli import (
     data,
     deployments,
     envs,
+    finetunes,
     jobs,
     monitoring,
     nodes,
@@ -67,6 +68,7 @@ app.add_typer(deployments.app, name="deployments")
 app.add_typer(services.app, name="services")
 app.add_typer(services.keys_app, name="keys")
 app.add_typer(services.prompts_app, name="prompts")
+app.add_typer(finetunes.app, name="finetune")
 app.add_typer(data.datasets_app, name="datasets")
 app.add_typer(data.models_app, name="models")
 app.add_typer(data.imports_app, name="imports")

@@ -91,6 +91,9 @@ class Client:
         self.service_keys = ServiceKeys(self)
         self.service_usage = ServiceUsage(self)
         self.prompts = Prompts(self)
+        from suanli.client.finetunes import Finetunes
+
+        self.finetunes = Finetunes(self)
 
     def __enter__(self) -> Client:
         return self

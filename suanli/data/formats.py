@@ -144,6 +144,8 @@ def check_dataset(
             report(index, "web.data.format.not_object")
             continue
         if checker is None:
+            # Without an entry, a record with chosen and rejected answers is preference data.
+            ranking = ranking or (columns is None and "chosen" in record and "rejected" in record)
             formatting = formatting or _recognise(record, columns)
             if formatting is None:
                 report(index, "web.data.format.unrecognised", fields=_shown_keys(record))
@@ -173,6 +175,8 @@ def _checker(
 ) -> Checker:
     """The function that checks one record, its names settled from the entry or the first."""
     names = {**COLUMN_DEFAULTS, **(columns or {})}
+    if columns is None and ranking:
+        names |= {"chosen": "chosen", "rejected": "rejected"}
     if formatting == "alpaca":
         if columns is None:
             names |= {"system": "system", "history": "history"}
@@ -186,6 +190,30 @@ def _checker(
     roles = {**TAG_DEFAULTS, **tags}
     merge = formatting == "openai"
     return lambda record, report: _check_sharegpt(record, names, roles, ranking, merge, report)
+
+
+def entry_fields(formatting: str, first: dict[str, Any]) -> dict[str, Any]:
+    """A dataset_info.json entry's formatting, ranking, columns and tags for a file that has
+    none, from its first record, named the way `check_dataset` guessed them: what
+    LLaMA-Factory must be told to read the file as it was checked."""
+    ranking = "chosen" in first and "rejected" in first
+    columns: dict[str, str] = {"chosen": "chosen", "rejected": "rejected"} if ranking else {}
+    if formatting == "alpaca":
+        if "text" in first and COLUMN_DEFAULTS["prompt"] not in first:
+            columns["prompt"] = "text"  # pre-training text
+        columns |= {name: name for name in ("system", "history") if name in first}
+        return {"formatting": formatting, "ranking": ranking, "columns": columns, "tags": None}
+    messages = "messages" if "messages" in first and "conversations" not in first else None
+    columns["messages"] = messages or "conversations"
+    columns |= {name: name for name in ("system", "tools") if name in first}
+    tags = _guess_tags(first.get(columns["messages"]))
+    changed = {key: value for key, value in tags.items() if TAG_DEFAULTS.get(key) != value}
+    return {
+        "formatting": "sharegpt",
+        "ranking": ranking,
+        "columns": columns,
+        "tags": changed or None,
+    }
 
 
 def _guess_tags(messages: Any) -> dict[str, str]:

@@ -45,9 +45,11 @@ def collect(
     store: BlobStore,
     room: int | None,
     hold: Callable[[str, int], None],
+    skip: Callable[[str], bool] | None = None,
 ) -> list[Harvested]:
     """Every regular file under `folder/relative` into the store (`hold` records each blob
-    for the project as it lands). `room`: bytes the project may still write."""
+    for the project as it lands). `room`: bytes the project may still write. `skip`: paths
+    (files or folders, relative to `relative`) left out, folders not walked."""
     stack: list[tuple[int, str]] = [(_open_folder(folder, relative), "")]
     found: list[Harvested] = []
     written = 0
@@ -57,6 +59,8 @@ def collect(
             try:
                 for entry in sorted(os.listdir(fd)):
                     path = paths.check(f"{prefix}{entry}")
+                    if skip is not None and skip(path):
+                        continue
                     info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
                     if stat.S_ISDIR(info.st_mode):
                         stack.append((os.open(entry, _DIRECTORY, dir_fd=fd), path + "/"))

@@ -781,3 +781,31 @@ class ServiceSweep(Base):
     error: Mapped[str] = mapped_column(String(2000), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Finetune(Base):
+    """What a fine-tuning run (a workload of kind `finetune`) has beyond its job row: its
+    progress as last read from LLaMA-Factory's trainer_log.jsonl, the memory estimate it was
+    accepted with, its final metrics, the model version its result was registered as, and
+    its newest comparison of the base and the tuned model (a job of its own)."""
+
+    __tablename__ = "finetunes"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    estimate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    final_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    output_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("data_versions.id", ondelete="SET NULL"), default=None
+    )
+    # none | registered | skipped (the run did not succeed) | failed (why: register_problem,
+    # a catalogue key and its parameters)
+    registration: Mapped[str] = mapped_column(String(16), default="none")
+    register_problem: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    compare_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), default=None
+    )
+    # none | running | succeeded | failed
+    compare_state: Mapped[str] = mapped_column(String(16), default="none")
+    compare_prompts: Mapped[list[str]] = mapped_column(JSON, default=list)
+    compare_answers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

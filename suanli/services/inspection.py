@@ -96,6 +96,16 @@ def _records(path: Path, name: str) -> Iterator[Any]:
                 ) from None
 
 
+def first_record(blob: Path, path: str) -> dict[str, Any]:
+    """The first record of a .json or .jsonl file ({} where there is none to read): what
+    names a file's columns when no dataset_info.json does."""
+    try:
+        record = next(_records(blob, path), None)
+    except (_Unreadable, UnicodeDecodeError, OSError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _check_file(path: str, blob: Path, entry: formats.DatasetEntry | None = None) -> FileCheck:
     options: dict[str, Any] = {"limit": CHECK_RECORDS}
     if entry is not None:

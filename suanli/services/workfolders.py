@@ -76,6 +76,17 @@ def read(folder: Path, relative: str, limit: int) -> bytes | None:
     """The bytes of `folder/relative` as its workload wrote them, if that is a regular file
     of at most `limit` bytes reached without following a link (the folder is its user's: a
     link to the platform's secrets, a pipe or a giant is not read)."""
+    data = _read(folder, relative, limit, tail=False)
+    return data if data is not None and len(data) <= limit else None
+
+
+def read_tail(folder: Path, relative: str, limit: int) -> bytes | None:
+    """The last `limit` bytes (at most) of `folder/relative`, reached as `read` reaches it: a
+    log that grows without bound is followed at the cost of its end."""
+    return _read(folder, relative, limit, tail=True)
+
+
+def _read(folder: Path, relative: str, limit: int, *, tail: bool) -> bytes | None:
     parts = [part for part in relative.split("/") if part]
     if not parts or any(part in (".", "..") for part in parts):
         return None
@@ -91,10 +102,13 @@ def read(folder: Path, relative: str, limit: int) -> bytes | None:
             fd = inner
         file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
         with os.fdopen(file_fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            info = os.fstat(file_fd)
+            if not stat.S_ISREG(info.st_mode):
                 return None
-            data = handle.read(limit + 1)
-        return data if len(data) <= limit else None
+            if tail and info.st_size > limit:
+                handle.seek(info.st_size - limit)
+                return handle.read(limit)
+            return handle.read(limit + 1)
     except OSError:
         return None
     finally:

