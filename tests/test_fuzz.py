@@ -28,7 +28,9 @@ EXAMPLES = int(os.environ.get("SUANLI_FUZZ_EXAMPLES", "25"))
 # bytes, a workload's output that is no folder, an import whose URL does not suit its kind;
 # a service with both an engine and a command (or an unknown engine, a model that is not
 # there, replicas "3..1" or "0", a duration of "0"), a key that expires in "0", a usage
-# query whose `since` is not before its `until`, a prompt template with a malformed brace.
+# query whose `since` is not before its `until`, a prompt template with a malformed brace;
+# a fine-tuning run without a dataset, QLoRA without a GPU, a model that is not there, or
+# more than 20 prompts to compare.
 RULES_BEYOND_THE_SCHEMA = {
     "POST /api/v1/uploads",
     "PATCH /api/v1/uploads/{upload_id}",
@@ -57,6 +59,9 @@ RULES_BEYOND_THE_SCHEMA = {
     "GET /api/v1/service-usage",
     "GET /api/v1/service-usage.csv",
     "POST /api/v1/projects/{project}/prompts/{name}",
+    "POST /api/v1/finetunes",
+    "POST /api/v1/finetune-estimates",
+    "POST /api/v1/finetunes/{run_id}/compare",
 }
 
 

@@ -152,7 +152,8 @@ SIMULATED_GPUS = json.dumps([{"count": 2, "model": "A100", "memory_bytes": 80 * 
 # Routes of one object of the planted project: a stranger gets 404, as for nothing there.
 OBJECT_ROUTE = re.compile(
     r"^(/api/v1)?/(projects/\{name\}|jobs/\{job_id\}|devenvs/\{env_id\}"
-    r"|deployments/\{deployment_id\}|services/\{service_id\}|projects/\{project\}/prompts)"
+    r"|deployments/\{deployment_id\}|services/\{service_id\}|projects/\{project\}/prompts"
+    r"|finetunes/\{run_id\})"
 )
 
 
@@ -181,6 +182,7 @@ class Planted:
     service_replica: int
     service_name: str
     prompt: str
+    run: int  # a fine-tuning run
     names: tuple[str, ...]  # every name a stranger must never read
 
     @property
@@ -193,6 +195,7 @@ class Planted:
             self.replica,
             self.service,
             self.service_replica,
+            self.run,
         )
 
 
@@ -298,6 +301,7 @@ def plant(url: str, admin: httpx.Client) -> Planted:
     )
     assert saved.status_code == 201, saved.text
     service_replica = theirs.get(f"/api/v1/services/{service['id']}").json()["replicas_list"]
+    run, run_name = plant_run(theirs, project)
     theirs.close()
     return Planted(
         project=project,
@@ -318,6 +322,7 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         service_replica=service_replica[0]["id"],
         service_name=service_name,
         prompt=prompt,
+        run=run,
         names=(
             project,
             owner,
@@ -328,11 +333,58 @@ def plant(url: str, admin: httpx.Client) -> Planted:
             dataset,
             file,
             service_name,
+            run_name,
             key_name,
             key["prefix"],
             prompt,
         ),
     )
+
+
+def plant_run(theirs: httpx.Client, project: str) -> tuple[int, str]:
+    """A fine-tuning run of the project: a model version with only its config.json (enough
+    for the checks at create) and an alpaca dataset; its trainer is not installed, so it
+    fails at once, and stays an object a stranger must not see."""
+    base, data, run_name = unique("secretbase"), unique("secretchat"), unique("secretft")
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 1, "intermediate_size": 128,
+        "vocab_size": 300,
+    }  # fmt: skip
+    records = [{"instruction": "say hi", "input": "", "output": "hi"}]
+    for kind, name, path, content in (
+        ("models", base, "config.json", json.dumps(config).encode()),
+        ("datasets", data, "data.json", json.dumps(records).encode()),
+    ):
+        assert theirs.post(f"/api/v1/{kind}", json={"project": project, "name": name}).is_success
+        offer = {
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(len(content)),
+            "Upload-Metadata": "project " + base64.b64encode(project.encode()).decode(),
+        }
+        upload = theirs.post("/api/v1/uploads", headers=offer)
+        sent = theirs.patch(
+            upload.headers["Location"],
+            content=content,
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        entry = {"path": path, "sha256": sent.headers["Upload-Sha256"], "size": len(content)}
+        made = theirs.post(f"/api/v1/{kind}/{project}/{name}/versions", json={"files": [entry]})
+        assert made.status_code == 201, made.text
+    spec = {
+        "project": project,
+        "name": run_name,
+        "model": base,
+        "datasets": [data],
+        "resources": {"cpus": 0.1, "memory": "1Gi"},
+    }
+    created = theirs.post("/api/v1/finetunes", json=spec)
+    assert created.status_code == 201, created.text
+    return created.json()["id"], run_name
 
 
 def signed_in(url: str, name: str, password: str) -> httpx.Client:
@@ -370,6 +422,7 @@ def path_values(path: str, planted: Planted) -> dict[str, str]:
         "import_id": str(planted.import_id),
         "upload_id": planted.upload_id,
         "service_id": str(planted.service),
+        "run_id": str(planted.run),
     }
     if path.startswith(("/api/v1/services/", "/services/")):
         by_name["replica_id"] = str(planted.service_replica)
@@ -450,6 +503,7 @@ def test_a_stranger_reads_nothing_of_another_project_on_any_route(server_factory
             "SUANLI_METRICS_INTERVAL_SECONDS": "1",
             "SUANLI_ENGINES": json.dumps({"fake": FAKE_ENGINE}),
             "SUANLI_SERVICE_PROBE_INTERVAL_SECONDS": "0.2",
+            "SUANLI_TRAINERS": json.dumps({"llamafactory": {"prefix": str(tmp_path / "none")}}),
         }
     )
     admin = signed_in(server.url, "admin", ADMIN_PASSWORD)

@@ -44,7 +44,7 @@ class Finetunes(_Group):
     def estimate(self, spec: FinetuneSpec | dict[str, Any]) -> EstimateOut:
         """The memory per device a spec would take, its parts, whether it fits one device
         and which settings would; no run is created."""
-        data = self._client.request("POST", "finetunes/estimate", json=_body(spec))
+        data = self._client.request("POST", "finetune-estimates", json=_body(spec))
         return EstimateOut.model_validate(data)
 
     def list(

@@ -24,7 +24,7 @@ from suanli.services import finetuning, jobs
 
 log = logging.getLogger(__name__)
 DISK_FULL = (b"No space left on device", b"Errno 28")
-LOG_TAIL = 64 * 1024
+LOG_TAIL = 8 * 1024  # the failed attempt's last words: its traceback
 
 
 class FinetuneWatch:
@@ -72,7 +72,11 @@ class FinetuneWatch:
                 return True
         if job.state in TERMINAL and row.registration == "none" and job.state != State.succeeded:
             row.registration = "skipped"
-            if job.state == State.failed and self._disk_full(job):
+            if (
+                job.state == State.failed
+                and job.exit_reason == "exit_code"
+                and self._disk_full(job)
+            ):
                 jobs.note(job, "event.finetune_disk_full")
                 job.exit_detail = "disk full while saving a checkpoint"
         return False
@@ -86,7 +90,7 @@ class FinetuneWatch:
                 tail = handle.read(LOG_TAIL)
         except OSError:
             return False
-        return any(sign in tail for sign in DISK_FULL) or "No space" in job.exit_detail
+        return any(sign in tail for sign in DISK_FULL)
 
     def _to_register(self) -> list[int]:
         with self.database.reading() as session:

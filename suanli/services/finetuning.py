@@ -396,7 +396,7 @@ def stop(session: Session, actor: Actor, run_id: int) -> Job:
 def resume(session: Session, actor: Actor, run_id: int) -> Job:
     """A stopped or failed run queued again, in place: the same folder, so LLaMA-Factory
     continues from the last checkpoint it wrote (not from zero), and the same page and chart.
-    Its attempts start counting again."""
+    It may be retried as often again as its spec says."""
     job = jobs.get_job(session, actor, run_id, kind=KIND)
     jobs.may_manage(session, actor, job)
     writable(job.project)
@@ -405,7 +405,10 @@ def resume(session: Session, actor: Actor, run_id: int) -> Job:
     job.handle, job.placement, job.stop_reason, job.stop_sent_at = None, None, "", None
     job.exit_reason, job.exit_code, job.exit_signal, job.exit_detail = "", None, None, ""
     job.finished_at = None
-    job.attempts = 0
+    # Its retries again, counted from here: the folder (and so its checkpoints) stays, as
+    # every later attempt of a workload keeps its folder.
+    retries = int((job.spec or {}).get("retries", 0))
+    job.request = {**(job.request or {}), "retries": job.attempts + retries}
     row = session.get(Finetune, job.id)
     if row is not None:
         row.registration, row.register_problem = "none", {}

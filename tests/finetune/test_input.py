@@ -124,7 +124,7 @@ def test_a_dataset_whose_columns_do_not_match_is_refused_naming_the_record(world
 
 def test_a_run_that_will_not_fit_says_so_before_it_starts(world: World) -> None:
     body = spec(PROJECT, datasets=["chat"], resources={"memory": "64Mi"})
-    estimate = world.http.post("finetunes/estimate", json=body).json()
+    estimate = world.http.post("finetune-estimates", json=body).json()
     assert estimate["fits"] is False and estimate["warning"], estimate
     assert set(estimate["parts"]) == {
         "weights",
@@ -135,10 +135,10 @@ def test_a_run_that_will_not_fit_says_so_before_it_starts(world: World) -> None:
     }
     error = refused(world, body)
     assert "GiB" in error["message"]
-    fits = world.http.post("finetunes/estimate", json=spec(PROJECT, datasets=["chat"])).json()
+    fits = world.http.post("finetune-estimates", json=spec(PROJECT, datasets=["chat"])).json()
     assert fits["fits"] is True and not fits["warning"]
     chinese = world.http.post(
-        "finetunes/estimate", json=body, headers={"Accept-Language": "zh-CN"}
+        "finetune-estimates", json=body, headers={"Accept-Language": "zh-CN"}
     ).json()
     assert "内存" in chinese["warning"] or "GiB" in chinese["warning"]
 
@@ -167,7 +167,7 @@ def test_a_stranger_sees_no_run_and_a_member_cannot_resume_a_pending_one(world: 
         403,
         404,
     )
-    estimate = stranger.post("finetunes/estimate", json=spec(PROJECT, datasets=["chat"]))
+    estimate = stranger.post("finetune-estimates", json=spec(PROJECT, datasets=["chat"]))
     assert estimate.status_code in (403, 404)
 
 

@@ -90,19 +90,22 @@ def test_stop_then_resume_continues_from_the_last_checkpoint(world: World) -> No
 def test_a_killed_attempt_is_retried_from_its_checkpoint(world: World) -> None:
     run = create_run(world.http, spec(PROJECT, datasets=["chat"], **LONG))
     wait_progress(world.http, run["id"], 12)
-    trainer = subprocess.run(
-        ["pgrep", "-f", f"work/{run['id']}/train.yaml|llamafactory-cli train"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    mine = [pid for pid in trainer if f"/work/{run['id']}" in _cwd(pid)]
-    assert mine, "the run's trainer process"
-    for pid in mine:
-        os.kill(int(pid), signal.SIGKILL)
+    for pid in trainer_pids(run["id"]):
+        os.kill(pid, signal.SIGKILL)
     done = wait_run(world.http, run["id"], "succeeded")
     assert done["attempts"] == 2
     log = world.http.get(f"finetunes/{run['id']}/log").json()["text"]
     assert "Resuming training from" in log
+
+
+def trainer_pids(run_id: int) -> list[int]:
+    """The run's LLaMA-Factory processes (those working in its folder)."""
+    found = subprocess.run(
+        ["pgrep", "-f", "llamafactory-cli train"], capture_output=True, text=True
+    ).stdout.split()
+    mine = [int(pid) for pid in found if _cwd(pid).endswith(f"/work/{run_id}")]
+    assert mine, "the run's trainer process"
+    return mine
 
 
 def _cwd(pid: str) -> str:
@@ -153,3 +156,37 @@ def test_an_output_linking_to_the_servers_files_is_not_registered(world: World) 
     assert detail["registration"] == "failed" and detail["output"] is None
     assert "leak.db" in detail["registration_error"]
     assert world.http.get(f"models/{PROJECT}/leak").status_code == 404
+
+
+def test_a_full_disk_fails_the_run_saying_so_and_the_earlier_checkpoints_stay_usable(
+    world: World,
+) -> None:
+    """The next checkpoint's folder is a 16 KiB file system: saving it fills the disk. The run
+    fails with that reason; resumed once there is room, it sets the half-written checkpoint
+    aside and continues from the last whole one."""
+    body = spec(PROJECT, datasets=["chat"], retries=0, **LONG)
+    run = create_run(world.http, body)
+    output = output_folder(world, run["id"])
+    wait_progress(world.http, run["id"], 6)
+    small = output / "checkpoint-50"  # some seconds ahead of the run
+    small.mkdir(exist_ok=True)
+    # In the run's own mount namespace (the local backend gives each workload one): the
+    # small file system dies with it, and an empty folder is left, as after a failed write.
+    trainer = trainer_pids(run["id"])[0]
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)]
+    subprocess.run(["nsenter", f"--target={trainer}", "--mount", *mount], check=True)
+    wait_run(world.http, run["id"], "failed")
+    deadline, failed = time.monotonic() + 15, {}
+    while time.monotonic() < deadline:
+        failed = world.http.get(f"finetunes/{run['id']}").json()
+        if any("disk was full" in event["detail"] for event in failed["history"]):
+            break
+        time.sleep(0.3)
+    assert "disk full" in failed["exit"]["detail"], failed["exit"]
+    assert any("disk was full" in event["detail"] for event in failed["history"]), failed
+    assert (output / "checkpoint-45" / "trainer_state.json").exists()
+    assert world.http.post(f"finetunes/{run['id']}/resume").status_code == 200
+    wait_run(world.http, run["id"], "succeeded")
+    log = world.http.get(f"finetunes/{run['id']}/log").json()["text"]
+    assert "checkpoint-50: it was not written to the end" in log
+    assert "Resuming training from" in log and "output/checkpoint-45." in log

@@ -3,6 +3,8 @@ supervised run registered as a model version with its lineage, followed by its m
 and freeze runs; DPO on a small preference set; a stop and a resume from the checkpoint."""
 
 import functools
+import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from tests.finetune.helpers import (
     wait_registered,
     wait_run,
 )
+from tests.serving.helpers import FAKE_ENGINE, SMALL, make_key, wait_ready
 
 PROJECT = "ft"
 pytestmark = pytest.mark.timeout(600)
@@ -43,7 +46,8 @@ def world(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
 ) -> Iterator[World]:
     base = tmp_path_factory.mktemp("finetune")
-    server = finetune_server(functools.partial(launch_server, base))
+    engines = json.dumps({"fake": FAKE_ENGINE})
+    server = finetune_server(functools.partial(launch_server, base), SUANLI_ENGINES=engines)
     admin = server.login()
     http = api(server, admin.token)
     try:
@@ -104,3 +108,38 @@ def test_dpo_on_a_preference_set(world: World) -> None:
     refused = world.http.post("finetunes", json=spec(PROJECT, datasets=["chat"], stage="dpo"))
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["field"] == "datasets.0"
+
+
+def test_compare_the_base_and_the_tuned_model_then_deploy_the_result(world: World) -> None:
+    run = create_run(world.http, spec(PROJECT, name="to-serve", datasets=["chat"]))
+    wait_run(world.http, run["id"], "succeeded")
+    ref = wait_registered(world.http, run["id"])["output"]["ref"]
+    prompts = ["say cluster", "说 模型"]
+    started = world.http.post(f"finetunes/{run['id']}/compare", json={"prompts": prompts})
+    assert started.status_code == 201, started.text
+    again = world.http.post(f"finetunes/{run['id']}/compare", json={"prompts": prompts})
+    assert again.status_code == 409, again.text
+    deadline = time.monotonic() + 180
+    compared = started.json()
+    while compared["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        compared = world.http.get(f"finetunes/{run['id']}/compare").json()
+    assert compared["state"] == "succeeded", compared
+    assert [a["prompt"] for a in compared["answers"]] == prompts
+    assert all(
+        isinstance(a["base"], str) and isinstance(a["tuned"], str) for a in compared["answers"]
+    )
+    # One click in the console: a service of the registered version, called through the gateway.
+    body = {"project": PROJECT, "name": "tuned", "engine": "fake", "model": ref, "resources": SMALL}
+    service = world.http.post("services", json=body)
+    assert service.status_code == 201, service.text
+    wait_ready(world.http, service.json()["id"])
+    key = make_key(world.http, PROJECT)
+    answer = httpx.post(
+        f"{world.server.url}/v1/chat/completions",
+        json={"model": "tuned", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert world.http.get(f"finetunes/{run['id']}").json()["services"] == ["tuned"]

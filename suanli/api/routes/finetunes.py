@@ -66,7 +66,7 @@ def create(
     return _detail(request, session, settings, job.id, caller)
 
 
-@router.post("/finetunes/estimate", response_model=EstimateOut)
+@router.post("/finetune-estimates", response_model=EstimateOut)
 def estimate(
     spec: FinetuneSpec,
     request: Request,

@@ -226,11 +226,16 @@ def _form_page(
 
 
 @router.get("/services/new")
-def new_service(request: Request, db: SessionDep, viewer: ViewerDep, project: str = "") -> Response:
+def new_service(
+    request: Request, db: SessionDep, viewer: ViewerDep, project: str = "", model: str = ""
+) -> Response:
+    """The form, blank or with a project and a model version filled in (a fine-tuning run's
+    "deploy as a service" button)."""
     engines = sorted(_settings(request).engines)
     values = {
         "mode": "form",
         "project": project,
+        "model": model.strip()[:200],
         "engine": engines[0] if engines else "",
         "replicas": "1",
         "gpu_kind": "whole",
