@@ -61,7 +61,7 @@ def suanli(launch_server) -> Iterator[Any]:
 
 
 def test_a_two_node_run_trains_one_model_with_both_nodes(suanli) -> None:
-    server, admin, base = suanli
+    server, admin, _ = suanli
     http = api(server, admin.token)
     body = spec("hpc", datasets=["chat"], resources={"nodes": 2, "cpus": 1.0, "memory": "3Gi"})
     created = http.post("finetunes", json=body)
