@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
 from suanli.cli.commands import App
-from suanli.cli.jobs import Follow, Tail, history, state_text
+from suanli.cli.jobs import Follow, Tail, history, load_spec, state_text
 from suanli.cli.output import (
     JsonOption,
     error_console,
@@ -35,7 +35,6 @@ from suanli.cli.output import (
 )
 from suanli.cli.session import connect
 from suanli.client.finetunes import ENDED, Finetunes
-from suanli.core import documents
 from suanli.core.durations import format_duration
 from suanli.core.quantities import format_bytes
 from suanli.schemas.finetune import (
@@ -82,23 +81,6 @@ LIST_COLUMNS = (
 PARTS = ("weights", "gradients", "optimizer", "activations", "overhead")
 
 
-def _load(file: Path) -> dict[str, Any]:
-    """A spec file as a mapping; what is wrong with it is one line naming the file (exit 2)."""
-    try:
-        spec = documents.read_file(file)
-    except documents.DocumentError as error:
-        reason = t(error.key, **error.params)
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-    else:
-        if isinstance(spec, dict):
-            return spec
-        reason = t("cli.finetune.not_mapping")
-    problem = {"field": "--file", "type": "invalid", "message": reason}
-    fail(t("cli.finetune.bad_file", path=str(file), reason=reason), "usage", [problem])
-    raise typer.Exit(2)
-
-
 @app.command()
 def create(
     file: SpecFile,
@@ -112,7 +94,7 @@ def create(
 
     With --json and --follow: JSON Lines, {"finetune": …} as created, {"point": …} per
     logged step, {"finetune": …} as it ended."""
-    spec = _load(file)
+    spec = load_spec(file, "cli.finetune.bad_file")
     if project:
         spec["project"] = project
     with connect() as client:
@@ -252,7 +234,7 @@ def estimate(file: SpecFile, json: JsonOption = False) -> None:
     """How much memory a spec needs per device, and whether it fits one device asked for:
     the parts (weights, gradients, optimiser states, activations, overhead) and, when it
     does not fit, what would. Nothing is created."""
-    spec = _load(file)
+    spec = load_spec(file, "cli.finetune.bad_file")
     with connect() as client:
         found = client.finetunes.estimate(spec)
     if json:

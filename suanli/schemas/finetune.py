@@ -172,28 +172,6 @@ class ComparePrompts(RequestModel):
         return self
 
 
-class FinetuneListQuery(RequestModel):
-    project: Name | None = None
-    state: (
-        Literal[
-            "pending",
-            "admitted",
-            "starting",
-            "running",
-            "succeeded",
-            "failed",
-            "cancelled",
-            "active",
-            "finished",
-        ]
-        | None
-    ) = None
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    user: Name | None = None
-    # Paging, newest first: runs older than this id.
-    before_id: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
-
-
 class MetricsQuery(RequestModel):
     # Points after this step only: a live chart asks for what is new.
     after: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

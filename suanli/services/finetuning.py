@@ -31,7 +31,7 @@ from suanli.kinds import job as job_kind
 from suanli.scheduler import model as sched
 from suanli.schemas.data import ManifestEntry, VersionCreate
 from suanli.schemas.finetune import FinetuneSpec
-from suanli.schemas.jobs import JobSpec, Resources
+from suanli.schemas.jobs import JobListQuery, JobSpec, Resources
 from suanli.services import audit, data, inspection, jobs, workfolders
 from suanli.services.actor import Actor
 from suanli.services.common import commit
@@ -368,7 +368,9 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:.1f}"
 
 
-def list_runs(session: Session, actor: Actor, query: Any) -> list[tuple[Job, Finetune | None]]:
+def list_runs(
+    session: Session, actor: Actor, query: JobListQuery
+) -> list[tuple[Job, Finetune | None]]:
     found = jobs.list_jobs(session, actor, query, kind=KIND)
     rows = {
         row.job_id: row

@@ -91,7 +91,7 @@ def job_spec(values: Mapping[str, str]) -> dict[str, Any]:
     """The job form (or its YAML text) as a JobSpec document. Sizes and durations stay as
     typed ("16Gi", "2h"): the schema reads them, and the YAML view shows them as written."""
     if values.get("mode") == "yaml":
-        return _yaml_spec(values.get("yaml", ""))
+        return yaml_spec(values.get("yaml", ""))
     spec: dict[str, Any] = {"project": values.get("project", "")}
     for name in ("name", "workdir", "launcher", "pool", "priority", "max_duration"):
         if value := optional(values, name):
@@ -171,7 +171,7 @@ def key_values(text: str, field: str, message: str) -> dict[str, str]:
     return found
 
 
-def _yaml_spec(text: str) -> dict[str, Any]:
+def yaml_spec(text: str) -> dict[str, Any]:
     """The YAML field, read within bounds (no aliases, size and nesting capped): it is CPU
     work, so callers run it in a worker thread."""
     try:

@@ -11,11 +11,14 @@ datasets pushed as versions, quick hyper-parameters, and waiting for a run.
     wait_run(http, run["id"], "succeeded")
 """
 
+import functools
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,36 @@ def finetune_server(factory: Callable[..., RunningServer], **settings_env: str) 
         **settings_env,
     }
     return factory(env)
+
+
+@dataclass
+class World:
+    """A test module's server, its admin (SDK and API), and its folder."""
+
+    server: RunningServer
+    admin: Client
+    http: httpx.Client
+    base: Path
+
+
+@contextmanager
+def started(
+    base: Path, launch_server: Callable[..., RunningServer], project: str, **settings_env: str
+) -> Iterator[World]:
+    """A server of the module's own under `base` with the trainer registered, a project with
+    the tiny model (`tiny`) and the alpaca records (`chat`); stopped at the end."""
+    server = finetune_server(functools.partial(launch_server, base), **settings_env)
+    admin = server.login()
+    http = api(server, admin.token)
+    try:
+        admin.projects.create(project)
+        push_model(admin, project, "tiny", model_dir(base))
+        push_dataset(admin, project, "chat", ALPACA, base)
+        yield World(server, admin, http, base)
+    finally:
+        http.close()
+        admin.close()
+        server.stop()
 
 
 def model_dir(base: Path) -> Path:

@@ -1,26 +1,22 @@
 """What a fine-tuning run refuses before it starts, each naming its field (422, nothing
 created), and what a stranger and the run's own code cannot reach."""
 
-import functools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from suanli.client.client import Client
 from tests.conftest import ADMIN_PASSWORD, RunningServer, unique
 from tests.finetune.helpers import (
     ALPACA,
+    World,
     api,
-    finetune_server,
     model_dir,
     push_dataset,
     push_model,
     spec,
+    started,
     wait_run,
 )
 
@@ -29,39 +25,22 @@ pytestmark = pytest.mark.timeout(600)
 MARKER = "remote-code-ran"
 
 
-@dataclass
-class World:
-    server: RunningServer
-    admin: Client
-    http: httpx.Client
-    base: Path
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
 ) -> Iterator[World]:
     base = tmp_path_factory.mktemp("ft-input")
-    server = finetune_server(functools.partial(launch_server, base))
-    admin = server.login()
-    http = api(server, admin.token)
-    try:
-        admin.projects.create(PROJECT)
-        push_model(admin, PROJECT, "tiny", model_dir(base))
-        push_dataset(admin, PROJECT, "chat", ALPACA, base)
+    with started(base, launch_server, PROJECT) as found:
         bad = [*ALPACA[:2], {"instruction": "no answer here"}]
-        push_dataset(admin, PROJECT, "broken", bad, base)
-        push_dataset(admin, PROJECT, "other", [{"question": "q", "answer": "a"}], base)
-        gguf = base / "gguf-model"
-        gguf.mkdir()
-        (gguf / "README.md").write_text("weights elsewhere")
-        admin.models.create(PROJECT, "notes")
-        admin.models.push(PROJECT, "notes", gguf, "not a model")
-        yield World(server, admin, http, base)
-    finally:
-        http.close()
-        admin.close()
-        server.stop()
+        push_dataset(found.admin, PROJECT, "broken", bad, found.base)
+        other = [{"question": "q", "answer": "a"}]
+        push_dataset(found.admin, PROJECT, "other", other, found.base)
+        notes = found.base / "gguf-model"
+        notes.mkdir()
+        (notes / "README.md").write_text("weights elsewhere")
+        found.admin.models.create(PROJECT, "notes")
+        found.admin.models.push(PROJECT, "notes", notes, "not a model")
+        yield found
 
 
 def refused(world: World, body: dict[str, Any], status: int = 422) -> dict[str, Any]:
@@ -187,7 +166,8 @@ def test_the_models_own_code_is_never_run(world: World) -> None:
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
     push_model(world.admin, PROJECT, "remote", folder)
-    run = world.http.post("finetunes", json=spec(PROJECT, model="remote", datasets=["chat"]))
+    body = spec(PROJECT, model="remote", datasets=["chat"], retries=0)
+    run = world.http.post("finetunes", json=body)
     assert run.status_code == 201, run.text
     wait_run(world.http, run.json()["id"], "succeeded", "failed")
     assert not marker.exists()

@@ -1,32 +1,25 @@
 """A fine-tuning run's life beyond a clean finish: stopped and resumed from its last
 checkpoint (not from zero), killed and retried from its checkpoint, stopped when its loss is
-NaN, its memory estimate against what it really used, and an output that links to the
-server's files is not registered."""
+NaN, failed by a full disk and resumed from its last whole checkpoint, and an output that
+links to the server's files is not registered."""
 
-import functools
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from suanli.client.client import Client
 from tests.conftest import RunningServer
 from tests.finetune.helpers import (
-    ALPACA,
-    api,
+    World,
     create_run,
-    finetune_server,
-    model_dir,
     nan_model_dir,
-    push_dataset,
     push_model,
     spec,
+    started,
     wait_progress,
     wait_run,
 )
@@ -37,32 +30,14 @@ pytestmark = pytest.mark.timeout(600)
 LONG = {"training": {"epochs": 8.0, "save_steps": 5}}
 
 
-@dataclass
-class World:
-    server: RunningServer
-    admin: Client
-    http: httpx.Client
-    base: Path
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
 ) -> Iterator[World]:
     base = tmp_path_factory.mktemp("lifecycle")
-    server = finetune_server(functools.partial(launch_server, base))
-    admin = server.login()
-    http = api(server, admin.token)
-    try:
-        admin.projects.create(PROJECT)
-        push_model(admin, PROJECT, "tiny", model_dir(base))
-        push_model(admin, PROJECT, "broken", nan_model_dir(base))
-        push_dataset(admin, PROJECT, "chat", ALPACA, base)
-        yield World(server, admin, http, base)
-    finally:
-        http.close()
-        admin.close()
-        server.stop()
+    with started(base, launch_server, PROJECT) as found:
+        push_model(found.admin, PROJECT, "broken", nan_model_dir(found.base))
+        yield found
 
 
 def output_folder(world: World, run_id: int) -> Path:
@@ -122,20 +97,6 @@ def test_a_run_whose_loss_is_nan_is_stopped_as_diverged(world: World) -> None:
     assert "NaN" in done["exit"]["message"]
     assert done["progress"]["total_steps"] > done["progress"]["current_steps"]
     assert done["output"] is None
-
-
-def test_the_memory_estimate_is_near_what_the_run_used(world: World) -> None:
-    run = create_run(world.http, spec(PROJECT, datasets=["chat"], method="full"))
-    wait_run(world.http, run["id"], "succeeded")
-    measured = done_usage(world.http, run["id"])
-    estimated = run["estimate"]["per_device_bytes"]
-    assert abs(estimated - measured) / measured <= 0.15, (estimated, measured)
-
-
-def done_usage(http: httpx.Client, run_id: int) -> int:
-    """The peak resident memory of the run's processes, as the backend measured it."""
-    usage = http.get(f"finetunes/{run_id}").json().get("usage") or {}
-    return int(usage.get("max_rss_bytes") or usage.get("memory_peak_bytes") or 0)
 
 
 def test_an_output_linking_to_the_servers_files_is_not_registered(world: World) -> None:

@@ -2,28 +2,21 @@
 supervised run registered as a model version with its lineage, followed by its metrics; full
 and freeze runs; DPO on a small preference set; a stop and a resume from the checkpoint."""
 
-import functools
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from suanli.client.client import Client
 from tests.conftest import RunningServer
 from tests.finetune.helpers import (
-    ALPACA,
     PREFERENCES,
-    api,
+    World,
     create_run,
-    finetune_server,
-    model_dir,
     push_dataset,
-    push_model,
     spec,
+    started,
     wait_registered,
     wait_run,
 )
@@ -33,33 +26,16 @@ PROJECT = "ft"
 pytestmark = pytest.mark.timeout(600)
 
 
-@dataclass
-class World:
-    server: RunningServer
-    admin: Client
-    http: httpx.Client
-    base: Path
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., RunningServer]
 ) -> Iterator[World]:
     base = tmp_path_factory.mktemp("finetune")
-    engines = json.dumps({"fake": FAKE_ENGINE})
-    server = finetune_server(functools.partial(launch_server, base), SUANLI_ENGINES=engines)
-    admin = server.login()
-    http = api(server, admin.token)
-    try:
-        admin.projects.create(PROJECT)
-        push_model(admin, PROJECT, "tiny", model_dir(base))
-        push_dataset(admin, PROJECT, "chat", ALPACA, base)
-        push_dataset(admin, PROJECT, "prefs", PREFERENCES, base)
-        yield World(server, admin, http, base)
-    finally:
-        http.close()
-        admin.close()
-        server.stop()
+    with started(
+        base, launch_server, PROJECT, SUANLI_ENGINES=json.dumps({"fake": FAKE_ENGINE})
+    ) as found:
+        push_dataset(found.admin, PROJECT, "prefs", PREFERENCES, found.base)
+        yield found
 
 
 def test_lora_run_is_followed_and_registered_with_its_lineage(world: World) -> None:
@@ -96,6 +72,10 @@ def test_full_and_freeze_runs(world: World) -> None:
     for run in (full, freeze):
         wait_run(world.http, run["id"], "succeeded")
     assert full["estimate"]["trainable_parameters"] > freeze["estimate"]["trainable_parameters"]
+    # The estimate against what the run used: its processes' peak resident memory.
+    usage = world.http.get(f"finetunes/{full['id']}").json()["usage"]
+    measured, estimated = usage["max_rss_bytes"], full["estimate"]["per_device_bytes"]
+    assert abs(estimated - measured) / measured <= 0.15, (estimated, measured)
     detail = wait_registered(world.http, full["id"])
     assert detail["output"]["ref"] == f"{PROJECT}/full-out@1"
     assert "freeze_trainable_layers: 1" in freeze["yaml"]
@@ -111,8 +91,7 @@ def test_dpo_on_a_preference_set(world: World) -> None:
 
 
 def test_compare_the_base_and_the_tuned_model_then_deploy_the_result(world: World) -> None:
-    run = create_run(world.http, spec(PROJECT, name="to-serve", datasets=["chat"]))
-    wait_run(world.http, run["id"], "succeeded")
+    run = next(r for r in world.http.get("finetunes").json() if r["name"] == "lora-run")
     ref = wait_registered(world.http, run["id"])["output"]["ref"]
     prompts = ["say cluster", "说 模型"]
     started = world.http.post(f"finetunes/{run['id']}/compare", json={"prompts": prompts})

@@ -25,7 +25,6 @@ from suanli.schemas.finetune import (
     ComparePrompts,
     EstimateOut,
     FinetuneDetailOut,
-    FinetuneListQuery,
     FinetuneOut,
     FinetuneSpec,
     MetricsOut,
@@ -33,7 +32,7 @@ from suanli.schemas.finetune import (
     OptionsOut,
     Scheduler,
 )
-from suanli.schemas.jobs import LogQuery
+from suanli.schemas.jobs import JobListQuery, LogQuery
 from suanli.schemas.system import LogChunkOut
 from suanli.schemas.types import MAX_INT32
 from suanli.services import finetuning
@@ -85,7 +84,7 @@ def estimate(
 
 @router.get("/finetunes", response_model=list[FinetuneOut])
 def list_runs(
-    query: Annotated[FinetuneListQuery, Query()],
+    query: Annotated[JobListQuery, Query()],
     request: Request,
     caller: CallerDep,
     session: SessionDep,

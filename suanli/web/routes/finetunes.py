@@ -53,7 +53,7 @@ from suanli.services import data, finetuning, jobs, projects
 from suanli.services.actor import Actor
 from suanli.web import forms, render, session
 from suanli.web.routes.jobs import LOG_CHUNK, log_download, log_stream, resume_offset
-from suanli.web.routes.services import _member_projects
+from suanli.web.routes.services import member_projects
 from suanli.web.session import Viewer
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(session.check_csrf)])
@@ -155,7 +155,7 @@ def finetune_spec(values: Mapping[str, str], picked: Picked) -> dict[str, Any]:
     are not numbers, for the schema to refuse with its reasons; the groups of another method
     (LoRA's for a freeze run) are left out, as the YAML beside the form shows."""
     if values.get("mode") == "yaml":
-        return forms._yaml_spec(values.get("yaml", ""))
+        return forms.yaml_spec(values.get("yaml", ""))
     spec: dict[str, Any] = {
         "project": values.get("project", ""),
         "name": values.get("name", "").strip(),
@@ -288,7 +288,7 @@ def _form_page(
         picked=picked,
         errors=checked.errors,
         preview=checked.preview,
-        projects=_member_projects(db, viewer.actor),
+        projects=member_projects(db, viewer.actor),
         models=models,
         datasets=_choices(db, viewer.actor, "dataset", project),
         builtins=[(d, translate(d.description, language)) for d in builtin.DATASETS],
@@ -350,7 +350,7 @@ def _typed(value: Any) -> str:
 def new_run(
     request: Request, db: SessionDep, viewer: ViewerDep, project: str = "", model: str = ""
 ) -> Response:
-    mine = _member_projects(db, viewer.actor)
+    mine = member_projects(db, viewer.actor)
     chosen = project if project in mine else (mine[0] if mine else "")
     values = default_values(chosen, model.strip(), sorted(_settings(request).trainers))
     checked = _check(request, values, Picked())

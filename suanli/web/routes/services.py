@@ -92,7 +92,7 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _member_projects(db: Session, actor: Actor) -> list[str]:
+def member_projects(db: Session, actor: Actor) -> list[str]:
     """The projects the viewer may deploy to, make keys of and call services of."""
     return [
         view.project.name
@@ -220,7 +220,7 @@ def _form_page(
         errors=checked.errors,
         preview=checked.preview,
         engines=sorted(_settings(request).engines.items()),
-        projects=_member_projects(db, viewer.actor),
+        projects=member_projects(db, viewer.actor),
         form_fields=FORM_FIELDS,
     )
 
@@ -633,7 +633,7 @@ def _keys_page(
     created: Any = None,
     status: int = 200,
 ) -> Response:
-    mine = _member_projects(db, viewer.actor)
+    mine = member_projects(db, viewer.actor)
     project = project or (mine[0] if mine else "")
     keys: list[KeyView] = []
     services: list[str] = []
@@ -724,7 +724,7 @@ def revoke_key(key_id: KeyId, request: Request, viewer: ViewerDep) -> Response:
 @router.get("/playground")
 def playground(request: Request, db: SessionDep, viewer: ViewerDep) -> Response:
     """The services the viewer may call (members and owners of their projects)."""
-    callable_projects = set(_member_projects(db, viewer.actor))
+    callable_projects = set(member_projects(db, viewer.actor))
     found = [
         s
         for s in serving.list_services(db, viewer.actor, None)
