@@ -251,22 +251,8 @@ def plant(url: str, admin: httpx.Client) -> Planted:
     made("/api/v1/datasets", {"name": dataset})
     made("/api/v1/models", {"name": model})
     content = b"secret rows"
-    offer = {
-        "Tus-Resumable": "1.0.0",
-        "Upload-Length": str(len(content)),
-        "Upload-Metadata": "project " + base64.b64encode(project.encode()).decode(),
-    }
-    upload = theirs.post("/api/v1/uploads", headers=offer)
-    sent = theirs.patch(
-        upload.headers["Location"],
-        content=content,
-        headers={
-            "Tus-Resumable": "1.0.0",
-            "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream",
-        },
-    )
-    entry = {"path": file, "sha256": sent.headers["Upload-Sha256"], "size": len(content)}
+    upload, sha256 = uploaded(theirs, project, content)
+    entry = {"path": file, "sha256": sha256, "size": len(content)}
     for kind, name in (("datasets", dataset), ("models", model)):
         version = theirs.post(
             f"/api/v1/{kind}/{project}/{name}/versions", json={"files": [entry], "tags": ["prod"]}
@@ -317,7 +303,7 @@ def plant(url: str, admin: httpx.Client) -> Planted:
         model=model,
         file=file,
         import_id=started.json()["id"],
-        upload_id=upload.headers["Location"].rsplit("/", 1)[-1],
+        upload_id=upload.rsplit("/", 1)[-1],
         service=service["id"],
         service_replica=service_replica[0]["id"],
         service_name=service_name,
@@ -341,6 +327,26 @@ def plant(url: str, admin: httpx.Client) -> Planted:
     )
 
 
+def uploaded(theirs: httpx.Client, project: str, content: bytes) -> tuple[str, str]:
+    """`content` sent for the project in one tus upload: its address and its sha256."""
+    offer = {
+        "Tus-Resumable": "1.0.0",
+        "Upload-Length": str(len(content)),
+        "Upload-Metadata": "project " + base64.b64encode(project.encode()).decode(),
+    }
+    upload = theirs.post("/api/v1/uploads", headers=offer).headers["Location"]
+    sent = theirs.patch(
+        upload,
+        content=content,
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    return upload, sent.headers["Upload-Sha256"]
+
+
 def plant_run(theirs: httpx.Client, project: str) -> tuple[int, str]:
     """A fine-tuning run of the project: a model version with only its config.json (enough
     for the checks at create) and an alpaca dataset; its trainer is not installed, so it
@@ -357,22 +363,8 @@ def plant_run(theirs: httpx.Client, project: str) -> tuple[int, str]:
         ("datasets", data, "data.json", json.dumps(records).encode()),
     ):
         assert theirs.post(f"/api/v1/{kind}", json={"project": project, "name": name}).is_success
-        offer = {
-            "Tus-Resumable": "1.0.0",
-            "Upload-Length": str(len(content)),
-            "Upload-Metadata": "project " + base64.b64encode(project.encode()).decode(),
-        }
-        upload = theirs.post("/api/v1/uploads", headers=offer)
-        sent = theirs.patch(
-            upload.headers["Location"],
-            content=content,
-            headers={
-                "Tus-Resumable": "1.0.0",
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
-        entry = {"path": path, "sha256": sent.headers["Upload-Sha256"], "size": len(content)}
+        _, sha256 = uploaded(theirs, project, content)
+        entry = {"path": path, "sha256": sha256, "size": len(content)}
         made = theirs.post(f"/api/v1/{kind}/{project}/{name}/versions", json={"files": [entry]})
         assert made.status_code == 201, made.text
     spec = {
