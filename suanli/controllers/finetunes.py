@@ -64,7 +64,7 @@ class FinetuneWatch:
     def _follow(self, job: Job, row: Finetune) -> bool:
         """Progress and divergence of a running run; the last look at one that ended."""
         if job.state == State.running or (job.state in TERMINAL and row.registration == "none"):
-            found = finetuning.read_progress(self.settings, job)
+            found = finetuning.read_progress(self.settings, job, limit=finetuning.WATCH_BYTES)
             row.progress = found.summary()
             if found.diverged and job.state == State.running and not job.stop_reason:
                 job.stop_reason = "diverged"

@@ -39,6 +39,9 @@ from suanli.services.projects import access, writable
 
 KIND = finetune_kind.NAME
 LOG_BYTES = 16 * 2**20  # the end of trainer_log.jsonl a chart reads: ~60,000 logging steps
+# What the watch loop reads each tick (~1,000 logging steps, far more than a tick's worth):
+# where the run stands and whether its loss is still a number need only the newest lines.
+WATCH_BYTES = 256 * 2**10
 MAX_CONFIG = 2**20
 COMPARE_FILE = "compare.json"
 COMPARE_SCRIPT = Path(__file__).resolve().parents[1] / "finetune" / "compare.py"
@@ -422,10 +425,13 @@ def resume(session: Session, actor: Actor, run_id: int) -> Job:
     return job
 
 
-def read_progress(settings: Settings, job: Job, after: int = 0) -> progress.Progress:
-    """The run's trainer_log.jsonl as its workload wrote it (never through a link)."""
+def read_progress(
+    settings: Settings, job: Job, after: int = 0, limit: int = LOG_BYTES
+) -> progress.Progress:
+    """The end (`limit` bytes) of the run's trainer_log.jsonl as its workload wrote it (never
+    through a link)."""
     folder = jobs.work_folder(settings, job.id)
-    data_read = workfolders.read_tail(folder, f"{files.OUTPUT}/{files.LOG_FILE}", LOG_BYTES)
+    data_read = workfolders.read_tail(folder, f"{files.OUTPUT}/{files.LOG_FILE}", limit)
     return progress.read(data_read or b"", after=after)
 
 
