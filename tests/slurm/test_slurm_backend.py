@@ -40,6 +40,20 @@ def _unix_user(name: str) -> None:
         )
 
 
+def slurm_env(cluster: Cluster, base: Path, users: dict[str, str]) -> dict[str, str]:
+    """A server's settings for the cluster's slurmrestd, with `users` mapped to Unix accounts
+    and its work directory under `base` (where the nodes' jobs, as those accounts, can write)."""
+    return {
+        "SUANLI_BACKEND": "slurm",
+        "SUANLI_SLURM__REST_URL": cluster.info["SLURMRESTD_URL"],
+        "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
+        "SUANLI_UNIX_USERS": json.dumps(users),
+        "SUANLI_WORK_DIR": str(base / "work"),
+        "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
+        "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+    }
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,13 +93,7 @@ def suanli(cluster: Cluster, launch_server) -> Iterator[Any]:
     base = Path(tempfile.mkdtemp(prefix="suanli-on-slurm-", dir="/tmp"))
     base.chmod(0o755)
     env = {
-        "SUANLI_BACKEND": "slurm",
-        "SUANLI_SLURM__REST_URL": cluster.info["SLURMRESTD_URL"],
-        "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
-        "SUANLI_UNIX_USERS": json.dumps({"admin": ALICE, "bobby": BOB, "rooty": "root"}),
-        "SUANLI_WORK_DIR": str(base / "work"),
-        "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
-        "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+        **slurm_env(cluster, base, {"admin": ALICE, "bobby": BOB, "rooty": "root"}),
         "SUANLI_DEVENV_AGENT_PYTHON": agent_python(),
     }
     server = launch_server(base, env)

@@ -4,7 +4,6 @@ which the job (as its mapped Unix user) reads and cannot change, remove or add t
 user plants there before a retry is never followed."""
 
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 from slurmcluster import running_cluster
-from test_slurm_backend import ALICE, _unix_user, ended, log_of
+from test_slurm_backend import ALICE, _unix_user, ended, log_of, slurm_env
 
 from tests.data.test_repositories import api, commit, repo, upload
 
@@ -47,15 +46,7 @@ def suanli(launch_server) -> Iterator[Any]:
     with running_cluster() as cluster:
         base = Path(tempfile.mkdtemp(prefix="suanli-data-on-slurm-", dir="/tmp"))
         base.chmod(0o755)
-        env = {
-            "SUANLI_BACKEND": "slurm",
-            "SUANLI_SLURM__REST_URL": cluster.info["SLURMRESTD_URL"],
-            "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
-            "SUANLI_UNIX_USERS": json.dumps({"admin": ALICE}),
-            "SUANLI_WORK_DIR": str(base / "work"),
-            "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
-            "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-        }
+        env = slurm_env(cluster, base, {"admin": ALICE})
         server = launch_server(base, env)
         try:
             admin = server.login()

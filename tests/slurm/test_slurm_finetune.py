@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from slurmcluster import running_cluster
-from test_slurm_backend import ALICE, _unix_user
+from test_slurm_backend import ALICE, _unix_user, slurm_env
 
 from tests.finetune.helpers import (
     ALPACA,
@@ -38,15 +38,9 @@ def suanli(launch_server) -> Iterator[Any]:
         base = Path(tempfile.mkdtemp(prefix="suanli-finetune-on-slurm-", dir="/tmp"))
         base.chmod(0o755)
         env = {
-            "SUANLI_BACKEND": "slurm",
-            "SUANLI_SLURM__REST_URL": cluster.info["SLURMRESTD_URL"],
-            "SUANLI_SLURM__CONF": cluster.info["SLURM_CONF"],
-            "SUANLI_UNIX_USERS": json.dumps({"admin": ALICE}),
-            "SUANLI_WORK_DIR": str(base / "work"),
-            "SUANLI_INVENTORY_INTERVAL_SECONDS": "2",
+            **slurm_env(cluster, base, {"admin": ALICE}),
             "SUANLI_TRAINERS": json.dumps(trainers(TRAINER_PREFIX)),
             "SUANLI_FINETUNE_WATCH_INTERVAL_SECONDS": "0.5",
-            "SUANLI_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
         }
         server = launch_server(base, env)
         try:
